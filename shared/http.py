@@ -1,0 +1,99 @@
+"""HTTP plumbing shared by the HTTP functions: JSON answers, the error shape, correlation ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from typing import Any
+
+import azure.functions as func
+
+from .errors import AppError, SettingError
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body, ensure_ascii=False, default=str),
+        status_code=status,
+        mimetype=JSON,
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", **(headers or {})},
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> func.HttpResponse:
+    """The one error shape: ``{"error": {"code": ..., "message": ...}}``."""
+    return json_response({"error": {"code": code, "message": message, **extra}}, status, headers)
+
+
+def retry_after_header(seconds: float | None, default: int = 5) -> dict[str, str]:
+    value = default if seconds is None or not math.isfinite(seconds) else max(1, math.ceil(seconds))
+    return {"Retry-After": str(min(value, 3600))}
+
+
+def unexpected(exc: BaseException, where: str) -> func.HttpResponse:
+    """Log an unexpected failure with a correlation id the client also gets; never a stack trace out."""
+    correlation = uuid.uuid4().hex
+    log.exception("unexpected error in %s (correlation id %s)", where, correlation)
+    return error_response(
+        500, "InternalError", f"unexpected error; quote correlation id {correlation}", correlation_id=correlation
+    )
+
+
+def health(req: func.HttpRequest, settings: Settings | None = None) -> func.HttpResponse:
+    """Database reachable, schema present, provider configured; 200 when all hold, else 503."""
+    settings = settings or get_settings()
+    checks: dict[str, dict[str, Any]] = {}
+
+    try:
+        provider = settings.embedding_provider
+        if provider == "azure-vision":
+            endpoint = settings.vision_endpoint
+            settings.vision_model_version  # noqa: B018 - validates the setting
+            auth = "key" if settings.vision_key else "microsoft-entra"
+            checks["provider"] = {"ok": True, "name": provider, "endpoint": endpoint, "auth": auth}
+    except SettingError as exc:
+        checks["provider"] = {"ok": False, "error": exc.message}
+
+    try:
+        checks["database"] = _database_check(settings)
+    except SettingError as exc:
+        checks["database"] = {"ok": False, "error": exc.message}
+    except AppError as exc:
+        checks["database"] = {"ok": False, "error": exc.message}
+
+    ok = all(c["ok"] for c in checks.values())
+    return json_response({"status": "ok" if ok else "unhealthy", "checks": checks}, 200 if ok else 503)
+
+
+def _database_check(settings: Settings) -> dict[str, Any]:
+    from .db import connect
+
+    with connect(settings) as conn:
+        vector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('images', 'image_vectors', 'embedding_models')"
+        ).fetchone()
+        schema = bool(tables and tables[0] == 3)
+        active = None
+        if schema:
+            row = conn.execute("SELECT model_id FROM embedding_models WHERE state = 'active'").fetchone()
+            active = row[0] if row else None
+    result: dict[str, Any] = {
+        "ok": vector is not None and schema,
+        "pgvector": vector[0] if vector else None,
+        "schema": schema,
+        "active_model": active,
+    }
+    if not result["ok"]:
+        result["error"] = "schema missing: run `python -m shared.cli init-db` (the app also creates it on first use)"
+    return result
