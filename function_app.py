@@ -2,11 +2,60 @@
 
 from __future__ import annotations
 
+import os
+
 import azure.functions as func
 
-from shared import http
+from shared import api, http, ingest
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+# --- ingestion -------------------------------------------------------------------------------------
+
+
+@app.blob_trigger(
+    arg_name="blob",
+    path="%IMAGES_CONTAINER%/{name}",
+    connection="ImagesStorage",
+    source=os.environ.get("BLOB_TRIGGER_SOURCE", "LogsAndContainerScan"),
+)
+def index_image(blob: func.InputStream) -> None:
+    ingest.handle_blob_trigger(blob)
+
+
+@app.event_grid_trigger(arg_name="event")
+def remove_deleted_image(event: func.EventGridEvent) -> None:
+    ingest.handle_blob_event(event)
+
+
+@app.timer_trigger(
+    arg_name="timer", schedule=os.environ.get("RECONCILE_SCHEDULE") or "0 0 * * * *", run_on_startup=False
+)
+def reconcile_timer(timer: func.TimerRequest) -> None:
+    ingest.handle_reconcile_timer(timer)
+
+
+# --- search ----------------------------------------------------------------------------------------
+
+
+@app.route(route="search", methods=["GET", "POST"])
+def search(req: func.HttpRequest) -> func.HttpResponse:
+    return api.search(req)
+
+
+@app.route(route="images/{id}/similar", methods=["GET"])
+def similar(req: func.HttpRequest) -> func.HttpResponse:
+    return api.similar(req)
+
+
+@app.route(route="images/{id}", methods=["GET"])
+def image(req: func.HttpRequest) -> func.HttpResponse:
+    return api.image(req)
+
+
+@app.route(route="openapi.json", methods=["GET"])
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return api.openapi(req)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

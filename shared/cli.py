@@ -14,9 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import AppError, SettingError, TransientError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 
 def load_local_settings(path: Path = Path("local.settings.json")) -> dict[str, str]:
@@ -44,12 +48,141 @@ def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime(settings: Settings) -> Runtime:
+    from .runtime import build_runtime
+
+    return build_runtime(settings)
+
+
+def _bar(total: int | None, desc: str, unit: str = "file") -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=None, file=sys.stderr, dynamic_ncols=True)
+
+
+def _files(paths: Sequence[str]) -> list[tuple[Path, str]]:
+    """(file, blob name) for each file under the given paths; folders recurse, names keep the subpath."""
+    found: list[tuple[Path, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append((path, path.name))
+        elif path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+                    found.append((child, child.relative_to(path).as_posix()))
+        else:
+            raise SettingError("PATH", f"{raw!r} is neither a file nor a folder")
+    return found
+
+
+def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
+    from .blobs import ImageBlobs
+    from .errors import InvalidImage
+    from .images import inspect_image
+
+    blobs = ImageBlobs.from_settings(settings)
+    blobs.ensure_container()
+    files = _files(args.paths)
+    prefix = args.prefix.strip("/") + "/" if args.prefix else ""
+    uploaded = skipped = 0
+    with _bar(len(files), "upload") as bar:
+        for path, name in files:
+            data = path.read_bytes()
+            try:
+                content_type = inspect_image(data).content_type
+            except InvalidImage as exc:
+                if not args.all:
+                    bar.write(f"skipped {path}: {exc.message}")
+                    skipped += 1
+                    bar.update(1)
+                    continue
+                content_type = "application/octet-stream"
+            blobs.upload(prefix + name, data, content_type)
+            uploaded += 1
+            bar.update(1)
+    print(f"uploaded {uploaded} file(s) to container {settings.images_container}; skipped {skipped} non-image(s)")
+    return 0
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from .ingest import reconcile
+
+    rt = _runtime(settings)
+    bar = None
+
+    def plan(total: int) -> None:
+        nonlocal bar
+        if not args.dry_run:
+            bar = _bar(total, "reconcile", unit="blob")
+
+    try:
+        report = reconcile(
+            rt,
+            dry_run=args.dry_run,
+            concurrency=args.concurrency,
+            on_plan=plan,
+            progress=lambda n: bar.update(n) if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+        rt.close()
+    print(report.summary())
+    for line in report.errors[:20]:
+        print(f"  error: {line}", file=sys.stderr)
+    if report.errors:
+        print("some blobs could not be processed (temporary errors): run reconcile again later", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from .db import make_pool
+    from .store import Store
+
+    pool = make_pool(settings)
+    try:
+        stats = Store(pool).stats(recent_failures=args.failures)
+    finally:
+        pool.close()
+    print("images by status:")
+    for status, n in sorted(stats["by_status"].items()) or [("(none)", 0)]:
+        print(f"  {status:<10} {n:>8}")
+    print("vectors by model:")
+    for m in stats["by_model"]:
+        print(f"  {m['model_id']:<32} {m['state']:<9} dim {m['dimension']:<5} {m['n']:>8}")
+    if stats["failures"]:
+        print("recent failures:")
+        for f in stats["failures"]:
+            when = f["failed_at"].strftime("%Y-%m-%d %H:%M") if f["failed_at"] else ""
+            print(f"  {when}  {f['name']}  [{f['failure_code']}] x{f['failure_count']}: {f['failure_reason']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (never secrets)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("init-db", help="create the extension, tables and indexes (safe to run again)")
     p.set_defaults(func=cmd_init_db)
+
+    p = sub.add_parser("upload", help="upload files or folders (recursively) to the images container")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--prefix", default="", help="virtual folder to put the blobs under")
+    p.add_argument(
+        "--all", action="store_true", help="upload files that are not images too (they get recorded as failures)"
+    )
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("reconcile", help="index blobs missing or changed, remove rows whose blob is gone")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    p.add_argument("--concurrency", type=int, default=8, help="blobs processed at once (default 8)")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("stats", help="counts by status and model; recorded failures with their reasons")
+    p.add_argument("--failures", type=int, default=20, help="how many recent failures to list")
+    p.set_defaults(func=cmd_stats)
     return parser
 
 

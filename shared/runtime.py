@@ -9,6 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from .blobs import ImageBlobs
 from .db import connect, make_pool
 from .embeddings import EmbeddingProvider, make_provider
 from .settings import Settings, get_settings
@@ -23,6 +24,7 @@ class Runtime:
     store: Store
     provider: EmbeddingProvider
     model: Model
+    blobs: ImageBlobs
 
     def close(self) -> None:
         self.store.pool.close()
@@ -52,7 +54,8 @@ def build_runtime(settings: Settings, *, credential: object | None = None) -> Ru
     provider = make_provider(settings, credential=credential)
     store = open_store(settings, credential)
     model = store.ensure_model(provider.model_id, provider.dimension)
-    return Runtime(settings=settings, store=store, provider=provider, model=model)
+    blobs = ImageBlobs.from_settings(settings, credential)
+    return Runtime(settings=settings, store=store, provider=provider, model=model, blobs=blobs)
 
 
 def get_runtime() -> Runtime:

@@ -148,6 +148,16 @@ class Model:
 
 
 @dataclass(frozen=True)
+class IndexState:
+    """The stored state of one blob, as reconcile compares it with the container."""
+
+    etag: str | None
+    sha256: bytes | None
+    status: str
+    models: set[str]
+
+
+@dataclass(frozen=True)
 class Hit:
     """One search result: the image and its cosine distance to the query."""
 
@@ -284,6 +294,30 @@ class Store:
                 "SELECT model_id, dimension, state FROM embedding_models WHERE state = 'active'"
             ).fetchone()
         return Model(*row) if row else None
+
+    def target_models(self) -> list[Model]:
+        """Models ingestion writes: the active one first, then any being built by a re-embedding."""
+        with translate_errors("reading the embedding models"), self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT model_id, dimension, state FROM embedding_models WHERE state IN ('active', 'building') "
+                "ORDER BY state = 'active' DESC, model_id"
+            ).fetchall()
+        return [Model(*r) for r in rows]
+
+    def index_state(self, container: str, model_ids: Sequence[str]) -> dict[str, IndexState]:
+        """Per blob name: what is stored, to tell which blobs changed since they were indexed."""
+        with translate_errors("listing indexed images"), self.pool.connection() as conn:
+            rows = conn.execute(
+                """SELECT i.name, i.etag, i.sha256, i.status,
+                          coalesce(array_agg(v.model_id) FILTER (WHERE v.model_id = ANY(%s)), '{}')
+                   FROM images i LEFT JOIN image_vectors v ON v.image_id = i.id AND v.sha256 = i.sha256
+                   WHERE i.container = %s GROUP BY i.id, i.name, i.etag, i.sha256, i.status""",
+                (list(model_ids), container),
+            ).fetchall()
+        return {
+            r[0]: IndexState(etag=r[1], sha256=bytes(r[2]) if r[2] is not None else None, status=r[3], models=set(r[4]))
+            for r in rows
+        }
 
     def is_citus(self) -> bool:
         if self._citus is None:

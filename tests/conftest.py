@@ -15,9 +15,12 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from scripts.services import Azurite, Postgres, remove_tree, start_azurite, start_postgres
-from shared.db import connect, make_pool
+from shared.blobs import ImageBlobs
+from shared.db import make_pool
+from shared.runtime import Runtime, build_runtime, set_runtime
 from shared.settings import Settings
 from shared.store import Store
+from tests.fake_vision import FakeVision
 
 
 @pytest.fixture(scope="session")
@@ -75,4 +78,51 @@ def store(pool: ConnectionPool) -> Store:
     return Store(pool)
 
 
-__all__ = ["connect"]
+
+
+# --- ingestion: the fake Vision server and a runtime wired to all three services -------------------
+
+
+@pytest.fixture(scope="session")
+def fake_vision_server() -> Iterator[FakeVision]:
+    with FakeVision() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_vision(fake_vision_server: FakeVision) -> FakeVision:
+    """The fake Vision server with no scripted faults and an empty request log."""
+    fake_vision_server.reset()
+    return fake_vision_server
+
+
+@pytest.fixture
+def app_settings(database_url: str, azurite: Azurite, fake_vision: FakeVision) -> Settings:
+    """Settings for one test: its own container in Azurite, the test database, the fake Vision server."""
+    return make_settings(
+        DATABASE_URL=database_url,
+        ImagesStorage=azurite.connection_string,
+        IMAGES_CONTAINER=f"t-{uuid.uuid4().hex[:12]}",
+        VISION_ENDPOINT=fake_vision.endpoint,
+        VISION_KEY=fake_vision.key or "",
+        VISION_MAX_RETRY_SECONDS="3",
+        DATABASE_POOL_MAX="12",
+    )
+
+
+@pytest.fixture
+def runtime(app_settings: Settings, pool: ConnectionPool) -> Iterator[Runtime]:
+    """The app's runtime over an emptied collection and a fresh container; installed for the triggers."""
+    with pool.connection() as conn:
+        conn.execute("TRUNCATE image_vectors, images, embedding_models")
+    rt = build_runtime(app_settings)
+    rt.blobs.ensure_container()
+    set_runtime(rt)
+    yield rt
+    set_runtime(None)
+    rt.close()
+
+
+@pytest.fixture
+def blobs(runtime: Runtime) -> ImageBlobs:
+    return runtime.blobs

@@ -1,0 +1,213 @@
+"""Blob Storage: the client for the images account, listing, bounded reads and time-limited read links."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
+from azure.storage.blob import (
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContainerClient,
+    UserDelegationKey,
+    generate_blob_sas,
+)
+
+from .errors import PermanentError, TransientError
+from .settings import Settings, StorageConnection
+
+
+class BlobGone(PermanentError):
+    """The blob no longer exists (deleted between the event and the read)."""
+
+    code = "BlobGone"
+
+
+class StorageUnavailable(TransientError):
+    code = "StorageUnavailable"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a listing says about one blob: enough to tell whether it changed."""
+
+    name: str
+    size: int
+    etag: str | None
+    last_modified: datetime | None
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def normalize_etag(etag: str | None) -> str | None:
+    """ETags in one form, quoted as in HTTP headers: listings return them bare, properties quoted."""
+    if not etag:
+        return None
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
+
+
+def make_service_client(conn: StorageConnection, credential: Any | None = None) -> BlobServiceClient:
+    """A client for the images account, from a connection string or a managed identity."""
+    if conn.connection_string is not None:
+        return BlobServiceClient.from_connection_string(conn.connection_string)
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential(managed_identity_client_id=conn.client_id)
+    assert conn.blob_service_uri is not None
+    return BlobServiceClient(conn.blob_service_uri, credential=credential)
+
+
+class ImageBlobs:
+    """The images container: list, read with a size cap, upload, and sign read links."""
+
+    def __init__(self, service: BlobServiceClient, container: str) -> None:
+        self.service = service
+        self.container_name = container
+        self.container: ContainerClient = service.get_container_client(container)
+        self._delegation_key: UserDelegationKey | None = None
+        self._delegation_expiry: datetime | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, credential: Any | None = None) -> ImageBlobs:
+        return cls(make_service_client(settings.images_storage, credential), settings.images_container)
+
+    def ensure_container(self) -> None:
+        with _storage_errors("creating the container"):
+            if not self.container.exists():
+                self.container.create_container()
+
+    def list(self) -> Iterator[BlobInfo]:
+        with _storage_errors("listing the container"):
+            for b in self.container.list_blobs(include=["metadata"]):
+                yield BlobInfo(
+                    name=b.name,
+                    size=int(b.size or 0),
+                    etag=normalize_etag(b.etag),
+                    last_modified=b.last_modified,
+                    content_type=b.content_settings.content_type if b.content_settings else None,
+                    metadata=dict(b.metadata or {}),
+                )
+
+    def properties(self, name: str) -> BlobInfo | None:
+        with _storage_errors(f"reading the properties of {name}"):
+            try:
+                p = self.container.get_blob_client(name).get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        return BlobInfo(
+            name=name,
+            size=int(p.size or 0),
+            etag=normalize_etag(p.etag),
+            last_modified=p.last_modified,
+            content_type=p.content_settings.content_type if p.content_settings else None,
+            metadata=dict(p.metadata or {}),
+        )
+
+    def read(self, name: str, limit: int) -> tuple[bytes, BlobInfo]:
+        """The blob's bytes, reading at most ``limit + 1`` bytes so an oversized blob is never loaded whole."""
+        with _storage_errors(f"reading {name}"):
+            try:
+                downloader = self.container.get_blob_client(name).download_blob(offset=0, length=limit + 1)
+            except ResourceNotFoundError:
+                raise BlobGone(f"blob {name} no longer exists") from None
+            data = downloader.readall()
+            p = downloader.properties
+        size = _total_size(p, len(data))
+        info = BlobInfo(
+            name=name,
+            size=size,
+            etag=normalize_etag(p.etag),
+            last_modified=p.last_modified,
+            content_type=p.content_settings.content_type if p.content_settings else None,
+            metadata=dict(p.metadata or {}),
+        )
+        return data, info
+
+    def upload(self, name: str, data: bytes, content_type: str, *, overwrite: bool = True) -> None:
+        from azure.storage.blob import ContentSettings
+
+        with _storage_errors(f"uploading {name}"):
+            self.container.upload_blob(
+                name, data, overwrite=overwrite, content_settings=ContentSettings(content_type=content_type)
+            )
+
+    def delete(self, name: str) -> None:
+        with _storage_errors(f"deleting {name}"), contextlib.suppress(ResourceNotFoundError):
+            self.container.delete_blob(name)
+
+    def read_link(self, name: str, minutes: int, *, now: datetime | None = None) -> tuple[str, datetime]:
+        """A read-only link to one blob that expires after ``minutes``: a service SAS signed with the
+        account key when the connection has one (Azurite, connection strings), else a user delegation SAS
+        signed with a key obtained through the managed identity."""
+        now = now or datetime.now(UTC)
+        start = now - timedelta(minutes=5)  # tolerate clock skew between us and Storage
+        expiry = now + timedelta(minutes=minutes)
+        blob = self.container.get_blob_client(name)
+        account = str(self.service.account_name)
+        key = getattr(self.service.credential, "account_key", None)
+        if key:
+            sas = generate_blob_sas(
+                account,
+                self.container_name,
+                name,
+                account_key=key,
+                permission=BlobSasPermissions(read=True),
+                expiry=expiry,
+                start=start,
+            )
+        else:
+            sas = generate_blob_sas(
+                account,
+                self.container_name,
+                name,
+                user_delegation_key=self._user_delegation_key(now, expiry),
+                permission=BlobSasPermissions(read=True),
+                expiry=expiry,
+                start=start,
+            )
+        return f"{blob.url}?{sas}", expiry
+
+    def _user_delegation_key(self, now: datetime, expiry: datetime) -> UserDelegationKey:
+        # One key serves many links; fetch a new one when it would expire before the link does.
+        with self._lock:
+            if self._delegation_key is None or self._delegation_expiry is None or self._delegation_expiry < expiry:
+                key_expiry = now + timedelta(hours=6)
+                with _storage_errors("getting a user delegation key (needs Storage Blob Delegator)"):
+                    self._delegation_key = self.service.get_user_delegation_key(now - timedelta(minutes=5), key_expiry)
+                self._delegation_expiry = key_expiry
+            assert self._delegation_key is not None
+            return self._delegation_key
+
+
+def _total_size(props: Any, read: int) -> int:
+    # With a ranged read, size is the range; Content-Range carries the whole blob's size.
+    content_range = getattr(props, "content_range", None)
+    if content_range and "/" in content_range:
+        total = content_range.rsplit("/", 1)[1]
+        if total.isdigit():
+            return int(total)
+    return int(getattr(props, "size", None) or read)
+
+
+@contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    """Map Azure SDK failures: network, throttling and 5xx are transient; the rest propagate."""
+    try:
+        yield
+    except ResourceNotFoundError:
+        raise
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise StorageUnavailable(f"storage unreachable while {what}: {exc}") from exc
+    except AzureError as exc:
+        status = getattr(exc, "status_code", None)
+        if status is None or status == 429 or status >= 500:
+            raise StorageUnavailable(f"storage error while {what}: {exc}") from exc
+        raise
