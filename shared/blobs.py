@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.storage.blob import (
     BlobSasPermissions,
     BlobServiceClient,
@@ -67,22 +73,60 @@ def make_service_client(conn: StorageConnection, credential: Any | None = None) 
 class ImageBlobs:
     """The images container: list, read with a size cap, upload, and sign read links."""
 
-    def __init__(self, service: BlobServiceClient, container: str) -> None:
+    def __init__(self, service: BlobServiceClient, container: str, thumbnails: str | None = None) -> None:
         self.service = service
         self.container_name = container
         self.container: ContainerClient = service.get_container_client(container)
+        self.thumbnails_name = thumbnails
+        self.thumbnails: ContainerClient | None = service.get_container_client(thumbnails) if thumbnails else None
         self._delegation_key: UserDelegationKey | None = None
         self._delegation_expiry: datetime | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: Any | None = None) -> ImageBlobs:
-        return cls(make_service_client(settings.images_storage, credential), settings.images_container)
+        return cls(
+            make_service_client(settings.images_storage, credential),
+            settings.images_container,
+            settings.thumbnails_container,
+        )
 
     def ensure_container(self) -> None:
-        with _storage_errors("creating the container"):
-            if not self.container.exists():
-                self.container.create_container()
+        """Create the images (and thumbnails) containers if missing: private, no public access."""
+        with _storage_errors("creating the containers"):
+            for client in (self.container, self.thumbnails):
+                if client is not None and not client.exists():
+                    with contextlib.suppress(ResourceExistsError):
+                        client.create_container()
+
+    def thumbnail_writer(self) -> Callable[[str, bytes], None] | None:
+        """A function that makes and stores the thumbnail of an image, or None without a thumbnails container."""
+        if self.thumbnails is None:
+            return None
+        thumbnails = self.thumbnails
+
+        def write(name: str, data: bytes) -> None:
+            from azure.storage.blob import ContentSettings
+
+            from .thumbnails import THUMBNAIL_CONTENT_TYPE, make_thumbnail
+
+            preview = make_thumbnail(data)
+            with _storage_errors(f"storing the thumbnail of {name}"):
+                thumbnails.upload_blob(
+                    name,
+                    preview,
+                    overwrite=True,
+                    content_settings=ContentSettings(
+                        content_type=THUMBNAIL_CONTENT_TYPE, cache_control="private, max-age=3600"
+                    ),
+                )
+
+        return write
+
+    def delete_thumbnail(self, name: str) -> None:
+        if self.thumbnails is not None:
+            with _storage_errors(f"deleting the thumbnail of {name}"), contextlib.suppress(ResourceNotFoundError):
+                self.thumbnails.delete_blob(name)
 
     def list(self) -> Iterator[BlobInfo]:
         with _storage_errors("listing the container"):
@@ -143,20 +187,24 @@ class ImageBlobs:
         with _storage_errors(f"deleting {name}"), contextlib.suppress(ResourceNotFoundError):
             self.container.delete_blob(name)
 
-    def read_link(self, name: str, minutes: int, *, now: datetime | None = None) -> tuple[str, datetime]:
+    def read_link(
+        self, name: str, minutes: int, *, now: datetime | None = None, thumbnail: bool = False
+    ) -> tuple[str, datetime]:
         """A read-only link to one blob that expires after ``minutes``: a service SAS signed with the
         account key when the connection has one (Azurite, connection strings), else a user delegation SAS
         signed with a key obtained through the managed identity."""
         now = now or datetime.now(UTC)
         start = now - timedelta(minutes=5)  # tolerate clock skew between us and Storage
         expiry = now + timedelta(minutes=minutes)
-        blob = self.container.get_blob_client(name)
+        container = self.thumbnails if thumbnail and self.thumbnails is not None else self.container
+        blob = container.get_blob_client(name)
+        container_name = str(container.container_name)
         account = str(self.service.account_name)
         key = getattr(self.service.credential, "account_key", None)
         if key:
             sas = generate_blob_sas(
                 account,
-                self.container_name,
+                container_name,
                 name,
                 account_key=key,
                 permission=BlobSasPermissions(read=True),
@@ -166,7 +214,7 @@ class ImageBlobs:
         else:
             sas = generate_blob_sas(
                 account,
-                self.container_name,
+                container_name,
                 name,
                 user_delegation_key=self._user_delegation_key(now, expiry),
                 permission=BlobSasPermissions(read=True),

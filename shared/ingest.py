@@ -62,6 +62,9 @@ def log_outcome(o: Outcome) -> None:
     log.log(level, "ingest " + " ".join(f"{k}={v!r}" for k, v in fields.items()), extra={"custom_dimensions": fields})
 
 
+ThumbnailWriter = Callable[[str, bytes], None]
+
+
 def ingest_bytes(
     store: Store,
     providers: Mapping[str, EmbeddingProvider],
@@ -69,75 +72,95 @@ def ingest_bytes(
     name: str,
     data: bytes,
     info: BlobInfo | None = None,
+    *,
+    thumbnails: ThumbnailWriter | None = None,
 ) -> Outcome:
-    """Index one blob's bytes under every model in ``providers``; see the module docstring for the rules."""
+    """Index one blob's bytes under every model in ``providers``; see the module docstring for the rules.
+
+    ``thumbnails(name, data)``, when given, stores a preview after the row is committed; its failure
+    is logged and never fails the ingestion (search then links the original).
+    """
     started = time.perf_counter()
     size = info.size if info is not None and info.size else len(data)
-    etag = info.etag if info else None
-    modified = info.last_modified if info else None
-
-    def done(outcome: str, **kw: Any) -> Outcome:
-        o = Outcome(name, outcome, bytes=size, duration_ms=(time.perf_counter() - started) * 1000, **kw)
-        log_outcome(o)
-        return o
-
     sha = hashlib.sha256(data[: MAX_BYTES + 1]).digest()
     with store.locked(container, name) as conn:
-        current = Store.current(conn, container, name)
-        if current is not None and current.sha256 == sha:
-            if current.status == "failed":
-                # The same bytes failed permanently before: don't pay for the same refusal again.
-                Store.save_failure(
-                    conn,
-                    container,
-                    name,
-                    current.failure_code or "Failed",
-                    current.failure_reason or "",
-                    sha256=sha,
-                    byte_size=size,
-                    etag=etag,
-                    last_modified=modified,
-                )
-                return done("failed", code=current.failure_code, reason=current.failure_reason)
-            have = Store.vector_models(conn, container, name, sha)
-            if set(providers) <= have:
-                if (etag, modified) != (current.etag, current.last_modified) or (
-                    info is not None and info.metadata != current.metadata
-                ):
-                    kept = (current.content_type or "", current.width or 0, current.height or 0)
-                    Store.save_indexed(conn, _record(container, name, sha, kept, info, current.byte_size), {})
-                return done("unchanged")
-        else:
-            have = set()
-
+        outcome, extra = _ingest_locked(conn, providers, container, name, data, sha, size, info)
+    # Logged only now: the transaction has committed.
+    result = Outcome(name, outcome, bytes=size, duration_ms=(time.perf_counter() - started) * 1000, **extra)
+    if outcome == "indexed" and thumbnails is not None:
         try:
-            if size > MAX_BYTES or len(data) > MAX_BYTES:
-                raise InvalidImage(
-                    f"the file is {size:,} bytes; the embedding service takes at most {MAX_BYTES:,}", code="TooLarge"
-                )
-            image = inspect_image(data)
-            vectors: dict[str, Vector] = {}
-            for model_id, provider in providers.items():
-                if model_id not in have or current is None or current.sha256 != sha:
-                    vectors[model_id] = provider.embed_image(data)
-        except ProviderMisconfigured:
-            raise  # the service refused *us*, not the image: fail loudly so the host retries
-        except PermanentError as exc:
+            thumbnails(name, data)
+            store.mark_thumbnail(container, name, sha)
+        except Exception as exc:  # a preview is a convenience: never lose the image over it
+            log.warning("thumbnail for %s not stored: %s", name, exc)
+    log_outcome(result)
+    return result
+
+
+def _ingest_locked(
+    conn: Any,
+    providers: Mapping[str, EmbeddingProvider],
+    container: str,
+    name: str,
+    data: bytes,
+    sha: bytes,
+    size: int,
+    info: BlobInfo | None,
+) -> tuple[str, dict[str, Any]]:
+    etag = info.etag if info else None
+    modified = info.last_modified if info else None
+    current = Store.current(conn, container, name)
+    have: set[str] = set()
+    if current is not None and current.sha256 == sha:
+        if current.status == "failed":
+            # The same bytes failed permanently before: don't pay for the same refusal again.
             Store.save_failure(
                 conn,
                 container,
                 name,
-                exc.code,
-                exc.message,
+                current.failure_code or "Failed",
+                current.failure_reason or "",
                 sha256=sha,
                 byte_size=size,
                 etag=etag,
                 last_modified=modified,
             )
-            return done("failed", code=exc.code, reason=exc.message)
-        shape = (image.content_type, image.width, image.height)
-        Store.save_indexed(conn, _record(container, name, sha, shape, info, size), vectors)
-        return done("indexed", embedded=bool(vectors))
+            return "failed", {"code": current.failure_code, "reason": current.failure_reason}
+        have = Store.vector_models(conn, container, name, sha)
+        if set(providers) <= have:
+            changed = (etag, modified) != (current.etag, current.last_modified)
+            if changed or (info is not None and info.metadata != current.metadata):
+                kept = (current.content_type or "", current.width or 0, current.height or 0)
+                Store.save_indexed(conn, _record(container, name, sha, kept, info, current.byte_size), {})
+            return "unchanged", {}
+
+    try:
+        if size > MAX_BYTES or len(data) > MAX_BYTES:
+            raise InvalidImage(
+                f"the file is {size:,} bytes; the embedding service takes at most {MAX_BYTES:,}", code="TooLarge"
+            )
+        image = inspect_image(data)
+        vectors: dict[str, Vector] = {
+            model_id: provider.embed_image(data) for model_id, provider in providers.items() if model_id not in have
+        }
+    except ProviderMisconfigured:
+        raise  # the service refused *us*, not the image: fail loudly so the host retries
+    except PermanentError as exc:
+        Store.save_failure(
+            conn,
+            container,
+            name,
+            exc.code,
+            exc.message,
+            sha256=sha,
+            byte_size=size,
+            etag=etag,
+            last_modified=modified,
+        )
+        return "failed", {"code": exc.code, "reason": exc.message}
+    shape = (image.content_type, image.width, image.height)
+    Store.save_indexed(conn, _record(container, name, sha, shape, info, size), vectors)
+    return "indexed", {"embedded": bool(vectors)}
 
 
 def _record(
@@ -214,7 +237,7 @@ def handle_blob_trigger(blob: func.InputStream, rt: Runtime | None = None) -> Ou
     data = blob.read(MAX_BYTES + 1)
     if not info.size:
         info = BlobInfo(info.name, len(data), info.etag, info.last_modified, info.content_type, info.metadata)
-    return ingest_bytes(rt.store, providers_of(rt), container, name, data, info)
+    return ingest_bytes(rt.store, providers_of(rt), container, name, data, info, thumbnails=rt.blobs.thumbnail_writer())
 
 
 def ingest_blob(rt: Runtime, name: str) -> Outcome:
@@ -222,11 +245,29 @@ def ingest_blob(rt: Runtime, name: str) -> Outcome:
     try:
         data, info = rt.blobs.read(name, MAX_BYTES)
     except BlobGone:
-        rt.store.delete_image(rt.settings.images_container, name)
+        remove_image(rt, name)
         o = Outcome(name, "deleted", reason="blob no longer exists")
         log_outcome(o)
         return o
-    return ingest_bytes(rt.store, providers_of(rt), rt.settings.images_container, name, data, info)
+    return ingest_bytes(
+        rt.store,
+        providers_of(rt),
+        rt.settings.images_container,
+        name,
+        data,
+        info,
+        thumbnails=rt.blobs.thumbnail_writer(),
+    )
+
+
+def remove_image(rt: Runtime, name: str) -> bool:
+    """Remove a blob's row, vectors and thumbnail; True when there was a row."""
+    removed = rt.store.delete_image(rt.settings.images_container, name)
+    try:
+        rt.blobs.delete_thumbnail(name)
+    except TransientError as exc:
+        log.warning("thumbnail of %s not deleted: %s", name, exc.message)
+    return removed
 
 
 def handle_blob_event(event: func.EventGridEvent, rt: Runtime | None = None) -> Outcome | None:
@@ -250,7 +291,7 @@ def handle_blob_event(event: func.EventGridEvent, rt: Runtime | None = None) -> 
         o = Outcome(name, "skipped", reason="blob exists again (re-uploaded after the delete)")
         log_outcome(o)
         return o
-    removed = rt.store.delete_image(container, name)
+    removed = remove_image(rt, name)
     o = Outcome(name, "deleted" if removed else "skipped", reason=None if removed else "no row for this blob")
     log_outcome(o)
     return o
@@ -324,7 +365,7 @@ def reconcile(
 
     for name in gone:
         try:
-            if rt.store.delete_image(container, name):
+            if remove_image(rt, name):
                 report.removed += 1
         except AppError as exc:
             report.errors.append(f"{name}: {exc.message}")

@@ -26,6 +26,7 @@ DATABASE_AUTH_MODES: Final = ("password", "entra")
 DEFAULTS: Final[dict[str, str | None]] = {
     "ImagesStorage": None,
     "IMAGES_CONTAINER": "images",
+    "THUMBNAILS_CONTAINER": "thumbnails",
     "BLOB_TRIGGER_SOURCE": "LogsAndContainerScan",
     "EMBEDDING_PROVIDER": "azure-vision",
     "VISION_ENDPOINT": None,
@@ -123,13 +124,23 @@ class Settings:
 
     @cached_property
     def images_container(self) -> str:
-        name = self._required("IMAGES_CONTAINER", "name the blob container that holds the images")
+        return self._container("IMAGES_CONTAINER", "name the blob container that holds the images")
+
+    @cached_property
+    def thumbnails_container(self) -> str:
+        name = self._container("THUMBNAILS_CONTAINER", "name the blob container for thumbnails")
+        if name == self.images_container:
+            raise SettingError(
+                "THUMBNAILS_CONTAINER", "must differ from IMAGES_CONTAINER (thumbnails would be indexed)"
+            )
+        return name
+
+    def _container(self, setting: str, hint: str) -> str:
+        name = self._required(setting, hint)
         # Blob container naming rules: 3-63 chars, lowercase letters, digits and single hyphens.
         ok = 3 <= len(name) <= 63 and name[0].isalnum() and name[-1].isalnum() and "--" not in name
         if not ok or any(not (c.islower() or c.isdigit() or c == "-") for c in name):
-            raise SettingError(
-                "IMAGES_CONTAINER", f"is {name!r}: a container name is 3-63 lowercase letters, digits and hyphens"
-            )
+            raise SettingError(setting, f"is {name!r}: a container name is 3-63 lowercase letters, digits and hyphens")
         return name
 
     @cached_property

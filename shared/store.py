@@ -19,9 +19,9 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import psycopg
@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS images (
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE images ADD COLUMN IF NOT EXISTS thumbnail boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS images_status ON images (status);
 CREATE INDEX IF NOT EXISTS images_name ON images (container, name text_pattern_ops);
 CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at);
@@ -168,10 +169,57 @@ class Hit:
     width: int | None
     height: int | None
     created_at: datetime
+    byte_size: int | None = None
+    container: str | None = None
 
     @property
     def score(self) -> float:
         return 1.0 - self.distance
+
+
+# --- search: filters, keyset position, strategies -----------------------------------------------
+SEARCH_STRATEGIES: Final = ("auto", "exact", "index")
+# At or below this many matching rows an exact scan (every matching vector, sorted) is both exact
+# and cheap (a few ms for 2,000 x 1024-d); above it the HNSW index answers.
+EXACT_SCAN_MAX_ROWS: Final = 2_000
+# pgvector's own default, stated here because the fallback below depends on it: an iterative scan
+# that visits this many tuples without finding enough matches stops, and the exact scan takes over.
+HNSW_MAX_SCAN_TUPLES: Final = 20_000
+# pgvector < 0.8 has no iterative scans: a filtered query can only widen the candidate list, to at
+# most 1000 (hnsw.ef_search's upper bound).
+HNSW_MAX_EF_SEARCH: Final = 1_000
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Which images a search may return, besides being indexed under the query's model.
+
+    ``uploaded_after`` (inclusive) and ``uploaded_before`` (exclusive) apply to the blob's
+    Last-Modified time, or to the time the row was created when Storage reported none.
+    """
+
+    container: str | None = None
+    prefix: str | None = None
+    content_types: tuple[str, ...] = ()
+    uploaded_after: datetime | None = None
+    uploaded_before: datetime | None = None
+    exclude_id: int | None = None
+
+
+@dataclass(frozen=True)
+class After:
+    """Keyset position: results strictly after (distance, id) in the order (distance, id)."""
+
+    distance: float
+    id: int
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """The hits of one search, and how they were found (``exact``, ``index`` or ``index+exact``)."""
+
+    hits: list[Hit]
+    strategy: str
 
 
 def _index_name(model_id: str, dimension: int) -> str:
@@ -357,6 +405,7 @@ class Store:
             VALUES (%s, %s, %s, 'indexed', %s, %s, %s, %s, %s, %s, %s, %s, NULL, NULL, 0, NULL)
             ON CONFLICT (id) DO UPDATE SET
                 status = 'indexed', sha256 = EXCLUDED.sha256, content_type = EXCLUDED.content_type,
+                thumbnail = images.thumbnail AND images.sha256 = EXCLUDED.sha256,
                 width = EXCLUDED.width, height = EXCLUDED.height, byte_size = EXCLUDED.byte_size,
                 etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified, metadata = EXCLUDED.metadata,
                 failure_code = NULL, failure_reason = NULL, failure_count = 0, failed_at = NULL,
@@ -411,7 +460,7 @@ class Store:
             ON CONFLICT (id) DO UPDATE SET
                 status = 'failed', sha256 = EXCLUDED.sha256, byte_size = EXCLUDED.byte_size,
                 etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified,
-                content_type = NULL, width = NULL, height = NULL,
+                content_type = NULL, width = NULL, height = NULL, thumbnail = false,
                 failure_code = EXCLUDED.failure_code, failure_reason = EXCLUDED.failure_reason,
                 failure_count = images.failure_count + 1, failed_at = now(), updated_at = now()
             """,
@@ -419,6 +468,13 @@ class Store:
         )
         conn.execute("DELETE FROM image_vectors WHERE image_id = %s", (iid,))
         return iid
+
+    def mark_thumbnail(self, container: str, name: str, sha256: bytes) -> None:
+        """Note that a thumbnail of exactly these bytes is stored."""
+        with translate_errors("noting a thumbnail"), self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE images SET thumbnail = true WHERE id = %s AND sha256 = %s", (image_id(container, name), sha256)
+            )
 
     def delete_image(self, container: str, name: str) -> bool:
         """Remove the blob's row and vectors; True when there was one."""
@@ -441,32 +497,194 @@ class Store:
         return None if row is None else np.asarray(row[0].to_numpy(), dtype=np.float32)
 
     def nearest(
-        self, model: Model, vector: Vector, k: int, *, exclude_id: int | None = None, ef_search: int | None = None
+        self,
+        model: Model,
+        vector: Vector,
+        k: int,
+        *,
+        exclude_id: int | None = None,
+        ef_search: int | None = None,
+        filters: SearchFilters | None = None,
+        after: After | None = None,
+        max_distance: float | None = None,
+        strategy: str = "auto",
     ) -> list[Hit]:
         """The k images nearest to ``vector`` under ``model``, by cosine distance then id."""
+        if exclude_id is not None:
+            filters = replace(filters or SearchFilters(), exclude_id=exclude_id)
+        return self.search(
+            model,
+            vector,
+            k,
+            filters=filters,
+            after=after,
+            max_distance=max_distance,
+            strategy=strategy,
+            ef_search=ef_search,
+        ).hits
+
+    # Filtered search under HNSW. An HNSW scan applies WHERE clauses to the candidates it found, so
+    # with a selective filter it returns fewer than k rows although more match. The strategy:
+    # 1. Count the matching rows, stopping at EXACT_SCAN_MAX_ROWS + 1. At or below the threshold an
+    #    exact scan is cheap and exact: the filtered rows in a MATERIALIZED CTE (so the planner cannot
+    #    hand the ORDER BY to the index), sorted by (distance, id).
+    # 2. Above it, the index with pgvector 0.8's iterative scan in strict_order: the scan continues
+    #    past ef_search until enough rows pass the filter (or HNSW_MAX_SCAN_TUPLES were visited).
+    #    strict_order (not relaxed_order) because the index then yields rows in distance order, so
+    #    Postgres puts an Incremental Sort on (distance, id) over it that reads every tie of the last
+    #    distance before LIMIT cuts: the (distance, id) keyset cursor stays exact when scores tie.
+    #    relaxed_order would need a re-sort in a CTE whose inner LIMIT cuts ties arbitrarily.
+    #    pgvector < 0.8 (Cosmos DB for PostgreSQL has 0.7) has no iterative scans: a filtered query
+    #    widens ef_search to its maximum instead.
+    # 3. Whenever the index path returns fewer rows than asked, it cannot tell "no more rows match"
+    #    from "the scan gave up", so the exact scan answers instead. A filtered query therefore
+    #    returns k rows whenever at least k rows match, whatever the pgvector version.
+    # The planner may still choose a non-index plan for step 2 (pgvector 0.8 estimates filter
+    # selectivity); any plan it picks is exact or falls back, so correctness never depends on it.
+    exact_scan_max_rows: int = EXACT_SCAN_MAX_ROWS
+    max_scan_tuples: int = HNSW_MAX_SCAN_TUPLES
+    _pgvector_version: tuple[int, ...] | None = None
+
+    def search(
+        self,
+        model: Model,
+        vector: Vector,
+        limit: int,
+        *,
+        filters: SearchFilters | None = None,
+        after: After | None = None,
+        max_distance: float | None = None,
+        strategy: str = "auto",
+        ef_search: int | None = None,
+    ) -> Nearest:
+        """The first ``limit`` matching images after ``after`` in (distance, id) order, no farther than
+        ``max_distance``. ``strategy``: ``auto``, or ``exact`` / ``index`` to force one (tests, benchmarks)."""
+        query = self._query_vector(model, vector)
+        filters = filters or SearchFilters()
+        if strategy not in SEARCH_STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(SEARCH_STRATEGIES)}, not {strategy!r}")
+        if limit < 1:
+            return Nearest([], "exact")
+        chosen = strategy
+        if strategy == "auto":
+            matching = self.count_matching(model, filters, stop_at=self.exact_scan_max_rows + 1)
+            chosen = "exact" if matching <= self.exact_scan_max_rows else "index"
+        if chosen == "index":
+            hits = self._index_scan(model, query, limit, filters, after, ef_search, force=strategy == "index")
+            if len(hits) == limit:
+                return Nearest([h for h in hits if max_distance is None or h.distance <= max_distance], "index")
+            log.info("index scan found %d of %d rows; answering with an exact scan", len(hits), limit)
+            chosen = "index+exact"
+        return Nearest(self._exact_scan(model, query, limit, filters, after, max_distance), chosen)
+
+    def count_matching(self, model: Model, filters: SearchFilters, *, stop_at: int) -> int:
+        """How many searchable images match ``filters``, counting no further than ``stop_at``."""
+        where, params = _search_conditions(model, filters)
+        stmt = sql.SQL(
+            "SELECT count(*) FROM (SELECT 1 FROM image_vectors v JOIN images i ON i.id = v.image_id "
+            "WHERE {where} LIMIT %(stop_at)s) AS matching"
+        ).format(where=where)
+        with translate_errors("searching"), self.pool.connection() as conn:
+            row = conn.execute(stmt, {**params, "stop_at": stop_at}).fetchone()
+        return int(row[0]) if row else 0
+
+    def pgvector_version(self) -> tuple[int, ...]:
+        """The installed pgvector version, e.g. (0, 8, 2)."""
+        if self._pgvector_version is None:
+            with translate_errors("inspecting the database"), self.pool.connection() as conn:
+                row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            text = str(row[0]) if row else "0"
+            self._pgvector_version = tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
+        return self._pgvector_version
+
+    @staticmethod
+    def _query_vector(model: Model, vector: Vector) -> Vector:
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (model.dimension,):
             raise InvalidInput(
                 f"query vector has {query.size} dimensions; model {model.model_id} has {model.dimension}"
             )
-        ef = max(int(ef_search or self.ef_search), k)
+        return query
+
+    def _index_sql(
+        self, model: Model, filters: SearchFilters, after: After | None
+    ) -> tuple[sql.Composed, dict[str, Any]]:
+        where, params = _search_conditions(model, filters)
+        distance = sql.SQL("v.embedding::vector({dim}) <=> %(q)s::vector({dim})").format(
+            dim=sql.Literal(model.dimension)
+        )
+        if after is not None:
+            where = sql.SQL("{} AND ({}, i.id) > (%(after_distance)s::float8, %(after_id)s::bigint)").format(
+                where, distance
+            )
+            params.update(after_distance=after.distance, after_id=after.id)
         stmt = sql.SQL(
-            """
-            SELECT i.id, i.name, v.embedding::vector({dim}) <=> %(q)s::vector({dim}) AS distance,
-                   i.content_type, i.width, i.height, i.created_at
-            FROM image_vectors v JOIN images i ON i.id = v.image_id
-            WHERE v.model_id = %(model)s AND i.status = 'indexed'
-              AND (%(exclude)s::bigint IS NULL OR i.id <> %(exclude)s)
-            ORDER BY v.embedding::vector({dim}) <=> %(q)s::vector({dim}), i.id
-            LIMIT %(k)s
-            """
-        ).format(dim=sql.Literal(model.dimension))
+            "SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id "
+            "WHERE {where} ORDER BY {distance}, i.id LIMIT %(limit)s"
+        ).format(columns=_HIT_COLUMNS, distance=distance, where=where)
+        return stmt, params
+
+    def _index_settings(
+        self, conn: psycopg.Connection[Any], limit: int, filters: SearchFilters, ef_search: int | None, force: bool
+    ) -> None:
+        ef = max(int(ef_search or self.ef_search), limit)
+        if self.pgvector_version() >= (0, 8):
+            self._set_local(conn, "hnsw.iterative_scan", "strict_order")
+            self._set_local(conn, "hnsw.max_scan_tuples", int(self.max_scan_tuples))
+        elif _is_filtered(filters):
+            ef = max(ef, HNSW_MAX_EF_SEARCH)
+        self._set_local(conn, "hnsw.ef_search", min(ef, HNSW_MAX_EF_SEARCH))
+        if force:
+            # Only a plan that reads the index in distance order avoids a Sort node.
+            self._set_local(conn, "enable_sort", "off")
+
+    def _index_scan(
+        self,
+        model: Model,
+        query: Vector,
+        limit: int,
+        filters: SearchFilters,
+        after: After | None,
+        ef_search: int | None,
+        *,
+        force: bool,
+    ) -> list[Hit]:
+        stmt, params = self._index_sql(model, filters, after)
         with translate_errors("searching"), self.pool.connection() as conn, conn.transaction():
-            self._set_local(conn, "hnsw.ef_search", ef)
-            rows = conn.execute(
-                stmt, {"q": PgVector(query), "model": model.model_id, "exclude": exclude_id, "k": k}
-            ).fetchall()
-        return [Hit(*row) for row in rows]
+            self._index_settings(conn, limit, filters, ef_search, force)
+            rows = conn.execute(stmt, {**params, "q": PgVector(query), "limit": limit}).fetchall()
+        return [_hit(row) for row in rows]
+
+    def _exact_scan(
+        self,
+        model: Model,
+        query: Vector,
+        limit: int,
+        filters: SearchFilters,
+        after: After | None,
+        max_distance: float | None,
+    ) -> list[Hit]:
+        where, params = _search_conditions(model, filters)
+        outer = [sql.SQL("TRUE")]
+        if after is not None:
+            outer.append(sql.SQL("(distance, id) > (%(after_distance)s::float8, %(after_id)s::bigint)"))
+            params.update(after_distance=after.distance, after_id=after.id)
+        if max_distance is not None:
+            outer.append(sql.SQL("distance <= %(max_distance)s::float8"))
+            params["max_distance"] = max_distance
+        # MATERIALIZED: the ORDER BY below cannot reach into the CTE, so no index scan is planned.
+        stmt = sql.SQL(
+            "WITH matching AS MATERIALIZED ("
+            " SELECT {columns}, v.embedding::vector({dim}) <=> %(q)s::vector({dim}) AS distance"
+            " FROM image_vectors v JOIN images i ON i.id = v.image_id WHERE {where}"
+            ") SELECT id, name, content_type, width, height, created_at, byte_size, container, distance"
+            " FROM matching WHERE {outer} ORDER BY distance, id LIMIT %(limit)s"
+        ).format(
+            columns=_HIT_COLUMNS, dim=sql.Literal(model.dimension), where=where, outer=sql.SQL(" AND ").join(outer)
+        )
+        with translate_errors("searching"), self.pool.connection() as conn:
+            rows = conn.execute(stmt, {**params, "q": PgVector(query), "limit": limit}).fetchall()
+        return [_hit(row) for row in rows]
 
     def _set_local(self, conn: psycopg.Connection[Any], name: str, value: int | str) -> None:
         if self.is_citus():
@@ -474,16 +692,33 @@ class Store:
             conn.execute("SET LOCAL citus.propagate_set_commands = 'local'")
         conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value)))
 
-    def explain_nearest(self, model: Model, vector: Vector, k: int) -> str:
-        """The query plan of :meth:`nearest` (used by tests and operators to see the index at work)."""
-        stmt = sql.SQL(
-            "EXPLAIN SELECT v.image_id FROM image_vectors v WHERE v.model_id = %(model)s "
-            "ORDER BY v.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(k)s"
-        ).format(dim=sql.Literal(model.dimension))
-        with self.pool.connection() as conn:
-            rows = conn.execute(
-                stmt, {"q": PgVector(np.asarray(vector, dtype=np.float32)), "model": model.model_id, "k": k}
-            )
+    def explain_nearest(
+        self,
+        model: Model,
+        vector: Vector,
+        k: int,
+        *,
+        filters: SearchFilters | None = None,
+        strategy: str | None = None,
+        analyze: bool = False,
+    ) -> str:
+        """The query plan of :meth:`nearest` (used by tests and operators to see the index at work).
+
+        Without ``strategy`` the plain unfiltered index query; with ``index`` the search's index path,
+        under the same settings (iterative scan, forced index), ``analyze`` to run it."""
+        query = self._query_vector(model, vector)
+        with self.pool.connection() as conn, conn.transaction():
+            if strategy is None:
+                stmt: sql.Composed = sql.SQL(
+                    "SELECT v.image_id FROM image_vectors v WHERE v.model_id = %(model)s "
+                    "ORDER BY v.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(limit)s"
+                ).format(dim=sql.Literal(model.dimension))
+                params: dict[str, Any] = {"model": model.model_id}
+            else:
+                stmt, params = self._index_sql(model, filters or SearchFilters(), None)
+                self._index_settings(conn, k, filters or SearchFilters(), None, strategy == "index")
+            explain = sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN ")
+            rows = conn.execute(explain + stmt, {**params, "q": PgVector(query), "limit": k})
             return "\n".join(r[0] for r in rows)
 
     def count(self, status: str | None = None) -> int:
@@ -531,6 +766,50 @@ def _fetch_image(conn: psycopg.Connection[Any], iid: int) -> StoredImage | None:
     if values[4] is not None:
         values[4] = bytes(values[4])
     return StoredImage(*values)
+
+
+_HIT_COLUMNS: Final = sql.SQL("i.id, i.name, i.content_type, i.width, i.height, i.created_at, i.byte_size, i.container")
+
+
+def _hit(row: Sequence[Any]) -> Hit:
+    iid, name, content_type, width, height, created_at, byte_size, container, distance = row
+    return Hit(iid, name, float(distance), content_type, width, height, created_at, byte_size, container)
+
+
+def _is_filtered(filters: SearchFilters) -> bool:
+    return bool(
+        filters.prefix
+        or filters.content_types
+        or filters.uploaded_after
+        or filters.uploaded_before
+        or filters.exclude_id is not None
+    )
+
+
+def _search_conditions(model: Model, filters: SearchFilters) -> tuple[sql.Composed, dict[str, Any]]:
+    """The WHERE clause shared by every search path: searchable under ``model`` and matching ``filters``."""
+    parts = [sql.SQL("v.model_id = %(model)s AND i.status = 'indexed'")]
+    params: dict[str, Any] = {"model": model.model_id}
+    if filters.container is not None:
+        parts.append(sql.SQL("i.container = %(container)s"))
+        params["container"] = filters.container
+    if filters.prefix:
+        # LIKE with the prefix's own wildcards escaped, so the (container, name text_pattern_ops) index applies.
+        parts.append(sql.SQL("i.name LIKE %(prefix)s"))
+        params["prefix"] = re.sub(r"([\\%_])", r"\\\1", filters.prefix) + "%"
+    if filters.content_types:
+        parts.append(sql.SQL("i.content_type = ANY(%(content_types)s)"))
+        params["content_types"] = list(filters.content_types)
+    if filters.uploaded_after is not None:
+        parts.append(sql.SQL("COALESCE(i.last_modified, i.created_at) >= %(uploaded_after)s"))
+        params["uploaded_after"] = filters.uploaded_after
+    if filters.uploaded_before is not None:
+        parts.append(sql.SQL("COALESCE(i.last_modified, i.created_at) < %(uploaded_before)s"))
+        params["uploaded_before"] = filters.uploaded_before
+    if filters.exclude_id is not None:
+        parts.append(sql.SQL("i.id <> %(exclude_id)s"))
+        params["exclude_id"] = filters.exclude_id
+    return sql.SQL(" AND ").join(parts), params
 
 
 def ids(hits: Sequence[Hit]) -> list[int]:

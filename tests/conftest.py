@@ -99,10 +99,12 @@ def fake_vision(fake_vision_server: FakeVision) -> FakeVision:
 @pytest.fixture
 def app_settings(database_url: str, azurite: Azurite, fake_vision: FakeVision) -> Settings:
     """Settings for one test: its own container in Azurite, the test database, the fake Vision server."""
+    container = f"t-{uuid.uuid4().hex[:12]}"
     return make_settings(
         DATABASE_URL=database_url,
         ImagesStorage=azurite.connection_string,
-        IMAGES_CONTAINER=f"t-{uuid.uuid4().hex[:12]}",
+        IMAGES_CONTAINER=container,
+        THUMBNAILS_CONTAINER=f"{container}-thumbs",
         VISION_ENDPOINT=fake_vision.endpoint,
         VISION_KEY=fake_vision.key or "",
         VISION_MAX_RETRY_SECONDS="3",

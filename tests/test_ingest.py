@@ -371,3 +371,24 @@ def test_blob_info_of_the_trigger_reaches_the_row(runtime: Runtime) -> None:
     row = runtime.store.get_image(image_id(runtime.settings.images_container, "meta.jpg"))
     assert row is not None and row.etag == '"0xABC"' and row.metadata == {"k": "v"}
     assert row.last_modified == datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def test_a_thumbnail_is_stored_at_ingest_and_removed_with_the_image(runtime: Runtime) -> None:
+    import io
+
+    from PIL import Image
+
+    upload(runtime, "big/photo.jpg", image_bytes("blue", (1600, 900)))
+    deliver(runtime, "big/photo.jpg")
+    assert runtime.blobs.thumbnails is not None
+    preview = runtime.blobs.thumbnails.get_blob_client("big/photo.jpg").download_blob().readall()
+    img = Image.open(io.BytesIO(preview))
+    assert img.format == "JPEG" and max(img.size) == 320 and img.size == (320, 180)
+    row = runtime.store.get_image(image_id(runtime.settings.images_container, "big/photo.jpg"))
+    assert row is not None
+    with runtime.store.pool.connection() as conn:
+        assert conn.execute("SELECT thumbnail FROM images WHERE id = %s", (row.id,)).fetchone() == (True,)
+
+    runtime.blobs.delete("big/photo.jpg")
+    handler("remove_deleted_image")(blob_deleted_event(runtime.settings.images_container, "big/photo.jpg"))
+    assert runtime.blobs.thumbnails.get_blob_client("big/photo.jpg").exists() is False
