@@ -60,6 +60,16 @@ def _bar(total: int | None, desc: str, unit: str = "file") -> Any:
     return tqdm(total=total, desc=desc, unit=unit, disable=None, file=sys.stderr, dynamic_ncols=True)
 
 
+def _workers(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not 1 <= number <= 64:
+        raise argparse.ArgumentTypeError("give a number from 1 to 64")
+    return number
+
+
 def _files(paths: Sequence[str]) -> list[tuple[Path, str]]:
     """(file, blob name) for each file under the given paths; folders recurse, names keep the subpath."""
     found: list[tuple[Path, str]] = []
@@ -160,6 +170,76 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    rt = _runtime(settings)
+    try:
+        models = rt.store.models()
+    finally:
+        rt.close()
+    print(f"{'model':<34} {'state':<9} {'dim':>5} {'coverage':>17}")
+    for m in models:
+        cover = f"{m.covered}/{m.total}"
+        print(f"{m.model.model_id:<34} {m.model.state:<9} {m.model.dimension:>5} {cover:>17}")
+    return 0
+
+
+def cmd_reembed(settings: Settings, args: argparse.Namespace) -> int:
+    from .models import reembed, target
+
+    goal = target(settings, args.provider, args.model)
+    rt = _runtime(settings)
+    bar = None
+
+    def total(n: int) -> None:
+        nonlocal bar
+        bar = _bar(n, f"reembed {goal.provider.model_id}", unit="image")
+
+    try:
+        if rt.model.model_id == goal.provider.model_id:
+            print(f"{goal.provider.model_id} is already the active model: nothing to do")
+            return 0
+        report = reembed(
+            rt,
+            goal,
+            concurrency=args.concurrency,
+            on_total=total,
+            progress=lambda n: bar.update(n) if bar is not None else None,
+        )
+        status = rt.store.model_status(goal.provider.model_id)
+    finally:
+        if bar is not None:
+            bar.close()
+        rt.close()
+    print(report.summary())
+    if status is not None:
+        print(f"coverage {status.covered}/{status.total}")
+        if not status.missing and not report.errors:
+            print(f"next: python -m shared.cli activate {goal.provider.model_id}")
+    for line in report.errors[:20]:
+        print(f"  error: {line}", file=sys.stderr)
+    return 3 if report.errors else 0
+
+
+def cmd_activate(settings: Settings, args: argparse.Namespace) -> int:
+    rt = _runtime(settings)
+    try:
+        status = rt.store.activate(args.model, force=args.force)
+    finally:
+        rt.close()
+    print(f"{status.model.model_id} is now active ({status.covered}/{status.total} images); workers switch within 30 s")
+    return 0
+
+
+def cmd_drop_model(settings: Settings, args: argparse.Namespace) -> int:
+    rt = _runtime(settings)
+    try:
+        removed = rt.store.drop_model(args.model)
+    finally:
+        rt.close()
+    print(f"dropped {args.model}: {removed} vectors and its index removed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (never secrets)")
@@ -177,8 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconcile", help="index blobs missing or changed, remove rows whose blob is gone")
     p.add_argument("--dry-run", action="store_true", help="only say what would be done")
-    p.add_argument("--concurrency", type=int, default=8, help="blobs processed at once (default 8)")
+    p.add_argument("--concurrency", type=_workers, default=8, help="blobs processed at once (default 8)")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("models", help="embedding models with their state and coverage")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("reembed", help="compute another model's vectors beside the active ones (resumable)")
+    p.add_argument("--provider", required=True, help="provider of the new model, e.g. azure-vision or clip")
+    p.add_argument("--model", help="model of that provider (VISION_MODEL_VERSION or CLIP_MODEL_NAME)")
+    p.add_argument("--concurrency", type=_workers, default=4, help="images embedded at once (default 4)")
+    p.set_defaults(func=cmd_reembed)
+
+    p = sub.add_parser("activate", help="switch queries to a model whose vectors are complete")
+    p.add_argument("model", help="model id, as `models` lists it")
+    p.add_argument("--force", action="store_true", help="activate even if some images lack its vector")
+    p.set_defaults(func=cmd_activate)
+
+    p = sub.add_parser("drop-model", help="remove a model that is not active: its vectors and index")
+    p.add_argument("model", help="model id, as `models` lists it")
+    p.set_defaults(func=cmd_drop_model)
 
     p = sub.add_parser("stats", help="counts by status and model; recorded failures with their reasons")
     p.add_argument("--failures", type=int, default=20, help="how many recent failures to list")

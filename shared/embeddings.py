@@ -40,6 +40,25 @@ class EmbeddingProvider(Protocol):
         ...
 
 
+# The settings that identify a provider's model (never secrets or endpoints): stored with the model,
+# so any worker can rebuild the provider of a model being built by a re-embedding.
+MODEL_IDENTITY: dict[str, tuple[str, ...]] = {
+    "azure-vision": ("VISION_API_VERSION", "VISION_MODEL_VERSION"),
+    "clip": ("CLIP_MODEL_NAME",),
+}
+
+
+def provider_config(settings: Settings) -> dict[str, str]:
+    """``EMBEDDING_PROVIDER`` and the settings that identify its model, as stored with the model."""
+    name = settings.embedding_provider
+    config = {"EMBEDDING_PROVIDER": name}
+    for key in MODEL_IDENTITY.get(name, ()):
+        value = settings.raw(key)
+        if value is not None:
+            config[key] = value
+    return config
+
+
 def make_provider(
     settings: Settings, *, credential: object | None = None, max_retry_seconds: float | None = None
 ) -> EmbeddingProvider:

@@ -185,7 +185,7 @@ def _record(
 
 
 def providers_of(rt: Runtime) -> dict[str, EmbeddingProvider]:
-    return {rt.model.model_id: rt.provider}
+    return rt.targets()
 
 
 def blob_name(path: str | None, container: str) -> str:
@@ -346,15 +346,17 @@ def reconcile(
     (the rest go on) and reported; the caller decides to fail (timer, CLI exit code).
     """
     container = rt.settings.images_container
-    providers = providers_of(rt)
+    # A blob counts as missing when it lacks the *active* model's vector; filling in a model being
+    # built is `reembed`'s job (its own concurrency and progress), not the hourly timer's.
+    active = rt.model.model_id
     blobs = {b.name: b for b in rt.blobs.list()}
-    state = rt.store.index_state(container, list(providers))
+    state = rt.store.index_state(container, [active])
     report = ReconcileReport(listed=len(blobs), dry_run=dry_run)
     todo = []
     for name, blob in blobs.items():
         row = state.get(name)
         changed = row is None or row.etag != blob.etag
-        if changed or (row is not None and row.status == "indexed" and not set(providers) <= row.models):
+        if changed or (row is not None and row.status == "indexed" and active not in row.models):
             todo.append(name)
     gone = [name for name in state if name not in blobs]
     report.to_index, report.to_remove = len(todo), len(gone)

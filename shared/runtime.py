@@ -1,36 +1,125 @@
-"""Process-wide objects, created once per worker on first use: the connection pool, store, provider.
+"""Process-wide objects, created once per worker on first use: the connection pool, store, providers.
 
 Triggers and the CLI ask for these here; everything below them receives them as arguments.
+
+Which model answers queries is the collection's, not the worker's: the database names the active
+model (and any being built by a re-embedding), and each worker re-reads that every
+``MODEL_REFRESH_SECONDS``, building the providers it needs from the model's stored identity plus this
+worker's settings (endpoints, keys, local model paths).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from .blobs import ImageBlobs
 from .db import connect, make_pool
-from .embeddings import EmbeddingProvider, make_provider
+from .embeddings import EmbeddingProvider, make_provider, provider_config
+from .errors import AppError, SettingError
 from .settings import Settings, get_settings
 from .store import Model, Store
 
 log = logging.getLogger(__name__)
+
+MODEL_REFRESH_SECONDS = 30.0
 
 
 @dataclass
 class Runtime:
     settings: Settings
     store: Store
-    provider: EmbeddingProvider
-    model: Model
     blobs: ImageBlobs
+    configured: EmbeddingProvider  # the provider EMBEDDING_PROVIDER names
+    credential: object | None = None
+    _providers: dict[str, EmbeddingProvider] = field(default_factory=dict)
+    _active: Model | None = None
+    _building: list[Model] = field(default_factory=list)
+    _read_at: float = -1e9
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._providers[self.configured.model_id] = self.configured
+
+    # --- models ----------------------------------------------------------------------------------
+    def refresh_models(self, *, force: bool = False) -> None:
+        with self._lock:
+            if not force and time.monotonic() - self._read_at < MODEL_REFRESH_SECONDS:
+                return
+            targets = self.store.target_models()
+            active = next((m for m in targets if m.state == "active"), None)
+            if active is None:
+                active = self.store.ensure_model(
+                    self.configured.model_id, self.configured.dimension, provider_config(self.settings)
+                )
+                targets = [active, *[m for m in targets if m.model_id != active.model_id]]
+            if self._active is not None and self._active.model_id != active.model_id:
+                log.info("active model changed from %s to %s", self._active.model_id, active.model_id)
+            elif active.model_id != self.configured.model_id and self._active is None:
+                log.warning(
+                    "EMBEDDING_PROVIDER gives model %s but the collection's active model is %s: queries use the "
+                    "active model (re-embed and activate to switch)",
+                    self.configured.model_id,
+                    active.model_id,
+                )
+            self._active = active
+            self._building = [m for m in targets if m.state == "building"]
+            self._read_at = time.monotonic()
+
+    @property
+    def model(self) -> Model:
+        """The model queries are answered with."""
+        self.refresh_models()
+        assert self._active is not None
+        return self._active
+
+    @property
+    def provider(self) -> EmbeddingProvider:
+        """The provider of the active model."""
+        return self.provider_for(self.model)
+
+    def provider_for(self, model: Model) -> EmbeddingProvider:
+        """The provider that embeds for ``model``, built on first use from the model's stored identity."""
+        provider = self._providers.get(model.model_id)
+        if provider is not None:
+            return provider
+        status = self.store.model_status(model.model_id)
+        config = status.config if status else {}
+        if not config:
+            raise SettingError(
+                "EMBEDDING_PROVIDER",
+                f"gives model {self.configured.model_id}, and model {model.model_id} has no stored "
+                "configuration: set EMBEDDING_PROVIDER (and its model settings) to that model",
+            )
+        provider = make_provider(self.settings.with_overrides(config), credential=self.credential)
+        if provider.model_id != model.model_id:
+            raise SettingError(
+                "EMBEDDING_PROVIDER", f"settings {config} build model {provider.model_id}, not {model.model_id}"
+            )
+        with self._lock:
+            self._providers.setdefault(model.model_id, provider)
+        return self._providers[model.model_id]
+
+    def targets(self) -> dict[str, EmbeddingProvider]:
+        """Providers ingestion writes vectors for: the active model, and models being built it can build."""
+        active = self.model
+        out = {active.model_id: self.provider_for(active)}
+        for model in self._building:
+            try:
+                out[model.model_id] = self.provider_for(model)
+            except AppError as exc:
+                # This worker cannot embed for that model (e.g. no local weights): reembed fills the gap.
+                log.warning("not writing vectors for %s being built: %s", model.model_id, exc.message)
+        return out
 
     def close(self) -> None:
         self.store.pool.close()
-        close = getattr(self.provider, "close", None)
-        if callable(close):
-            close()
+        for provider in self._providers.values():
+            close = getattr(provider, "close", None)
+            if callable(close):
+                close()
 
 
 _lock = threading.Lock()
@@ -53,9 +142,10 @@ def open_store(settings: Settings, credential: object | None = None) -> Store:
 def build_runtime(settings: Settings, *, credential: object | None = None) -> Runtime:
     provider = make_provider(settings, credential=credential)
     store = open_store(settings, credential)
-    model = store.ensure_model(provider.model_id, provider.dimension)
     blobs = ImageBlobs.from_settings(settings, credential)
-    return Runtime(settings=settings, store=store, provider=provider, model=model, blobs=blobs)
+    rt = Runtime(settings=settings, store=store, blobs=blobs, configured=provider, credential=credential)
+    rt.refresh_models(force=True)
+    return rt
 
 
 def get_runtime() -> Runtime:

@@ -66,6 +66,10 @@ class Settings:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._env: Mapping[str, str] = dict(os.environ if environ is None else environ)
 
+    def with_overrides(self, values: Mapping[str, str]) -> Settings:
+        """The same settings with some replaced (e.g. the identity of another embedding model)."""
+        return Settings({**self._env, **values})
+
     def raw(self, name: str) -> str | None:
         """The setting's value with surrounding blanks removed, or its default; None when unset."""
         value = self._env.get(name)
