@@ -128,3 +128,65 @@ def runtime(app_settings: Settings, pool: ConnectionPool) -> Iterator[Runtime]:
 @pytest.fixture
 def blobs(runtime: Runtime) -> ImageBlobs:
     return runtime.blobs
+
+
+# --- search (issue #4): images indexed straight into the store, as ingestion would leave them ------
+
+
+class Catalogue:
+    """Adds indexed images to a runtime's collection without the blob trigger: the row and the vector
+    the fake Vision server gives those bytes; ``upload=True`` also puts the bytes in the container."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def add(
+        self,
+        name: str,
+        colour: str = "red",
+        *,
+        seed: int = 0,
+        fmt: str = "PNG",
+        size: tuple[int, int] = (32, 24),
+        data: bytes | None = None,
+        content_type: str | None = None,
+        last_modified: object = None,
+        vector: object = None,
+        upload: bool = False,
+    ) -> int:
+        import hashlib
+
+        import numpy as np
+
+        from shared.images import inspect_image
+        from shared.store import ImageRecord
+        from tests.imagegen import image_bytes
+
+        data = data if data is not None else image_bytes(colour, size, fmt, seed)
+        info = inspect_image(data)
+        rt = self.runtime
+        if vector is None:
+            vector = FakeVision.vector_for_image(data, rt.settings.vision_model_version)
+        record = ImageRecord(
+            container=rt.settings.images_container,
+            name=name,
+            sha256=hashlib.sha256(data).digest(),
+            content_type=content_type or info.content_type,
+            width=info.width,
+            height=info.height,
+            byte_size=len(data),
+            last_modified=last_modified,  # type: ignore[arg-type]
+        )
+        if upload:
+            rt.blobs.upload(name, data, record.content_type)
+        with rt.store.locked(record.container, name) as conn:
+            return Store.save_indexed(conn, record, {rt.model.model_id: np.asarray(vector, dtype=np.float32)})
+
+    def fail(self, name: str, reason: str = "not an image") -> int:
+        with self.runtime.store.locked(self.runtime.settings.images_container, name) as conn:
+            return Store.save_failure(conn, self.runtime.settings.images_container, name, "InvalidImage", reason)
+
+
+@pytest.fixture
+def catalogue(runtime: Runtime) -> Catalogue:
+    return Catalogue(runtime)
