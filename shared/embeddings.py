@@ -67,4 +67,8 @@ def make_provider(
         from .vision import AzureVisionProvider
 
         return AzureVisionProvider.from_settings(settings, credential=credential, max_retry_seconds=max_retry_seconds)
+    if settings.embedding_provider == "clip":
+        from .clip import ClipProvider
+
+        return ClipProvider.from_settings(settings)
     raise AssertionError(f"unhandled provider {settings.embedding_provider}")  # settings validated the name

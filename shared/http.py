@@ -61,6 +61,11 @@ def health(req: func.HttpRequest, settings: Settings | None = None) -> func.Http
             settings.vision_model_version  # noqa: B018 - validates the setting
             auth = "key" if settings.vision_key else "microsoft-entra"
             checks["provider"] = {"ok": True, "name": provider, "endpoint": endpoint, "auth": auth}
+        elif provider == "clip":
+            from .clip import ClipProvider
+
+            clip = ClipProvider.from_settings(settings)  # checks the model files, loads nothing
+            checks["provider"] = {"ok": True, "name": provider, "model": clip.model_id}
     except SettingError as exc:
         checks["provider"] = {"ok": False, "error": exc.message}
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 from .errors import SettingError
 
 BLOB_SOURCES: Final = ("LogsAndContainerScan", "EventGrid")
-PROVIDERS: Final = ("azure-vision",)
+PROVIDERS: Final = ("azure-vision", "clip")
 DATABASE_AUTH_MODES: Final = ("password", "entra")
 
 # Every setting the code reads, with its default (None: no default). infra/ must set each one that
@@ -35,6 +35,9 @@ DEFAULTS: Final[dict[str, str | None]] = {
     "VISION_MODEL_VERSION": "2023-04-15",
     "VISION_TIMEOUT_SECONDS": "30",
     "VISION_MAX_RETRY_SECONDS": "60",
+    "CLIP_MODEL_PATH": None,
+    "CLIP_MODEL_NAME": "ViT-B-32",
+    "CLIP_THREADS": "0",
     "DATABASE_URL": None,
     "DATABASE_AUTH": "password",
     "DATABASE_POOL_MAX": "10",
@@ -190,6 +193,42 @@ class Settings:
     @cached_property
     def vision_max_retry_seconds(self) -> int:
         return self._int("VISION_MAX_RETRY_SECONDS", 0, 3600)
+
+    @cached_property
+    def vision_max_requests_per_second(self) -> float:
+        """This worker's share of the Vision resource's rate limit (S1: 20/s, F0: 0.33/s); 0: unlimited."""
+        name, hint = "VISION_MAX_REQUESTS_PER_SECOND", "give calls per second, e.g. 20 (0 for no limit)"
+        value = self.raw(name) or "0"
+        try:
+            rate = float(value)
+        except ValueError:
+            raise SettingError(name, f"is {value!r}: {hint}") from None
+        if not (0 <= rate <= 10_000):  # also refuses nan and inf
+            raise SettingError(name, f"is {value!r}: {hint}")
+        return rate
+
+    @cached_property
+    def clip_model_path(self) -> str:
+        return self._required(
+            "CLIP_MODEL_PATH",
+            "give the folder that holds the local CLIP model (vision/ and text/); docs/local-provider.md "
+            "says how to download it",
+        )
+
+    @cached_property
+    def clip_model_name(self) -> str:
+        # Part of every stored vector's model id: a new name for new weights keeps their vectors apart.
+        name = self._required("CLIP_MODEL_NAME", "name the local CLIP model, e.g. ViT-B-32")
+        if len(name) > 64 or not all(c.isascii() and (c.isalnum() or c in "._+-/@") for c in name):
+            raise SettingError(
+                "CLIP_MODEL_NAME", f"is {name!r}: use up to 64 letters, digits and . _ + - / @, e.g. ViT-B-32"
+            )
+        return name
+
+    @cached_property
+    def clip_threads(self) -> int:
+        # 0: ONNX Runtime's default, one thread per physical core.
+        return self._int("CLIP_THREADS", 0, 256)
 
     # --- database ------------------------------------------------------------------------------
     @cached_property

@@ -50,6 +50,10 @@ IDENTITY_CONNECTIONS = {
 DELIBERATELY_UNSET = {
     # Keyless: without a key the app sends an Entra token; the account has local auth disabled.
     "VISION_KEY",
+    # The local CLIP provider is for running without Azure; the deployment uses azure-vision.
+    "CLIP_MODEL_PATH",
+    "CLIP_MODEL_NAME",
+    "CLIP_THREADS",
 }
 
 
