@@ -240,6 +240,71 @@ def cmd_drop_model(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    """Run one query through the same pipeline as the HTTP API and print the results as a table."""
+    from .errors import InvalidInput
+    from .search import Searcher, parse_image_id, parse_options
+
+    given = [bool(args.text), args.image is not None, args.similar is not None]
+    if sum(given) != 1:
+        raise InvalidInput("give exactly one of TEXT, --image FILE or --similar ID")
+    options = parse_options(
+        {
+            "k": args.k,
+            "prefix": args.prefix,
+            "content_type": args.content_type,
+            "min_score": args.min_score,
+            "uploaded_after": args.uploaded_after,
+            "uploaded_before": args.uploaded_before,
+            "cursor": args.cursor,
+        }
+    )
+    data = b""
+    if args.image is not None:
+        try:
+            data = Path(args.image).read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {args.image}: {exc.strerror or exc}") from None
+    rt = _runtime(settings)
+    try:
+        searcher = Searcher(
+            rt.store,
+            rt,
+            blobs=rt.blobs if args.links else None,
+            container=settings.images_container,
+            read_link_minutes=settings.read_link_minutes,
+        )
+        if args.similar is not None:
+            page = searcher.similar(parse_image_id(args.similar), options)
+        elif args.image is not None:
+            page = searcher.image(data, options)
+        else:
+            page = searcher.text(" ".join(args.text), options)
+    finally:
+        rt.close()
+    print(f"{'rank':>4}  {'score':>6}  {'id':>19}  {'size':>9}  {'WxH':>11}  name")
+    for rank, r in enumerate(page.results, 1):
+        size = _size(r.byte_size) if r.byte_size is not None else "?"
+        wxh = f"{r.width}x{r.height}" if r.width and r.height else "?"
+        print(f"{rank:>4}  {r.score:>6.3f}  {r.id:>19}  {size:>9}  {wxh:>11}  {r.name}")
+        if r.url:
+            print(f"{'':>4}  {r.url}")
+    if not page.results:
+        print("(no results)")
+    if page.next_cursor:
+        print(f"more: add --cursor {page.next_cursor}")
+    return 0
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB"):
+        if value < 1024 or unit == "MB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (never secrets)")
@@ -277,6 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drop-model", help="remove a model that is not active: its vectors and index")
     p.add_argument("model", help="model id, as `models` lists it")
     p.set_defaults(func=cmd_drop_model)
+
+    p = sub.add_parser("search", help="search by TEXT, --image FILE or --similar ID; print a table")
+    p.add_argument("text", nargs="*", metavar="TEXT", help="what to look for, 1 to 70 words")
+    p.add_argument("--image", metavar="FILE", help="find images like this file")
+    p.add_argument("--similar", metavar="ID", help="find images like this indexed image (no embedding call)")
+    p.add_argument("-k", default="10", help="how many results (1-100, default 10)")
+    p.add_argument("--prefix", help="only blobs whose name starts with this")
+    p.add_argument("--content-type", help="only these media types, comma-separated (e.g. image/png)")
+    p.add_argument("--min-score", help="only results with at least this cosine similarity (-1 to 1)")
+    p.add_argument("--uploaded-after", help="only blobs written at or after this ISO 8601 date or date-time")
+    p.add_argument("--uploaded-before", help="only blobs written before this ISO 8601 date or date-time")
+    p.add_argument("--cursor", help="next page: the cursor the previous page printed")
+    p.add_argument("--links", action="store_true", help="also print a time-limited read link for each result")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("stats", help="counts by status and model; recorded failures with their reasons")
     p.add_argument("--failures", type=int, default=20, help="how many recent failures to list")

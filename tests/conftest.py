@@ -78,8 +78,6 @@ def store(pool: ConnectionPool) -> Store:
     return Store(pool)
 
 
-
-
 # --- ingestion: the fake Vision server and a runtime wired to all three services -------------------
 
 
