@@ -386,6 +386,7 @@ class Result:
     content_type: str | None
     byte_size: int | None
     distance: float
+    thumbnail_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         # The id goes out as a string: 63-bit ids do not survive JavaScript's 53-bit numbers.
@@ -398,6 +399,7 @@ class Result:
             "height": self.height,
             "content_type": self.content_type,
             "byte_size": self.byte_size,
+            "thumbnail_url": self.thumbnail_url,
         }
 
 
@@ -546,11 +548,11 @@ class Searcher:
             raise ImageNotFound(f"no image has the id {image_id}")
         return row
 
-    def read_link(self, name: str) -> tuple[str | None, datetime | None]:
-        """A read-only link to one blob and when it expires (None, None without blob storage)."""
+    def read_link(self, name: str, *, thumbnail: bool = False) -> tuple[str | None, datetime | None]:
+        """A read-only link to one blob (or its thumbnail) and when it expires (None, None without storage)."""
         if self.blobs is None:
             return None, None
-        return self.blobs.read_link(name, self.read_link_minutes)
+        return self.blobs.read_link(name, self.read_link_minutes, thumbnail=thumbnail)
 
     # --- internals -------------------------------------------------------------------------------
     def provider(self, model: Model) -> EmbeddingProvider:
@@ -607,11 +609,21 @@ class Searcher:
         results = []
         for hit in hits:
             url, _ = self.read_link(hit.name)
+            thumb = self.read_link(hit.name, thumbnail=True)[0] if hit.thumbnail else None
             score = 1.0 - hit.distance
             score = min(1.0, max(-1.0, score)) if math.isfinite(score) else -1.0
             results.append(
                 Result(
-                    hit.id, hit.name, score, url, hit.width, hit.height, hit.content_type, hit.byte_size, hit.distance
+                    hit.id,
+                    hit.name,
+                    score,
+                    url,
+                    hit.width,
+                    hit.height,
+                    hit.content_type,
+                    hit.byte_size,
+                    hit.distance,
+                    thumbnail_url=thumb,
                 )
             )
         next_cursor = None
