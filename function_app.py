@@ -6,7 +6,7 @@ import os
 
 import azure.functions as func
 
-from shared import api, http, ingest
+from shared import api, http, ingest, ui
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -56,6 +56,11 @@ def image(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="openapi.json", methods=["GET"])
 def openapi(req: func.HttpRequest) -> func.HttpResponse:
     return api.openapi(req)
+
+
+@app.route(route="ui", methods=["GET"])
+def search_page(req: func.HttpRequest) -> func.HttpResponse:
+    return ui.page(req)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

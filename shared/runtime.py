@@ -158,6 +158,12 @@ def get_runtime() -> Runtime:
     return _runtime
 
 
+def current_settings() -> Settings:
+    """The installed runtime's settings if there is one (tests, benchmarks), else the environment's."""
+    runtime = _runtime
+    return runtime.settings if runtime is not None else get_settings()
+
+
 def set_runtime(runtime: Runtime | None) -> None:
     """Install a runtime (tests, benchmarks) or forget the current one."""
     global _runtime
