@@ -459,7 +459,10 @@ class FixedModel:
 
     def provider_for(self, model: Model) -> EmbeddingProvider:
         if model.model_id != self.provider.model_id:
-            raise ValueError(f"provider embeds for {self.provider.model_id}, not {model.model_id}")
+            raise ValueError(
+                f"vectors of different models cannot be compared: the provider embeds for "
+                f"{self.provider.model_id}, the search is over {model.model_id}"
+            )
         return self.provider
 
 
