@@ -241,7 +241,8 @@ class Settings:
 
             conninfo_to_dict(value)
         except Exception as exc:  # psycopg raises ProgrammingError for a malformed conninfo
-            raise SettingError("DATABASE_URL", f"is not a valid libpq URI or conninfo string ({exc})") from None
+            reason = " ".join(str(exc).split())  # one line, whatever psycopg's message looks like
+            raise SettingError("DATABASE_URL", f"is not a valid libpq URI or conninfo string ({reason})") from None
         return value
 
     @cached_property
