@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -77,24 +77,40 @@ def ingest_bytes(
 ) -> Outcome:
     """Index one blob's bytes under every model in ``providers``; see the module docstring for the rules.
 
-    ``thumbnails(name, data)``, when given, stores a preview after the row is committed; its failure
-    is logged and never fails the ingestion (search then links the original).
+    ``thumbnails(name, data)``, when given, stores a preview of new bytes; it runs beside the embedding
+    call (so it costs no time when that call is slower), inside the blob's lock (so an older preview
+    never overwrites a newer one). Its failure is logged and never fails the ingestion: search then
+    links the original.
     """
     started = time.perf_counter()
     size = info.size if info is not None and info.size else len(data)
     sha = hashlib.sha256(data[: MAX_BYTES + 1]).digest()
     with store.locked(container, name) as conn:
-        outcome, extra = _ingest_locked(conn, providers, container, name, data, sha, size, info)
+        outcome, extra, preview = _ingest_locked(conn, providers, container, name, data, sha, size, info, thumbnails)
     # Logged only now: the transaction has committed.
     result = Outcome(name, outcome, bytes=size, duration_ms=(time.perf_counter() - started) * 1000, **extra)
-    if outcome == "indexed" and thumbnails is not None:
+    if outcome == "indexed" and preview:
         try:
-            thumbnails(name, data)
             store.mark_thumbnail(container, name, sha)
-        except Exception as exc:  # a preview is a convenience: never lose the image over it
-            log.warning("thumbnail for %s not stored: %s", name, exc)
+        except TransientError as exc:
+            log.warning("thumbnail of %s stored but not noted: %s", name, exc.message)
     log_outcome(result)
     return result
+
+
+# Previews are made on these threads while the calling thread waits for the embedding service.
+_PREVIEWS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="thumbnail")
+
+
+def _preview_done(pending: Future[None] | None, name: str) -> bool:
+    if pending is None:
+        return False
+    try:
+        pending.result()
+        return True
+    except Exception as exc:  # a preview is a convenience: never lose the image over it
+        log.warning("thumbnail for %s not stored: %s", name, exc)
+        return False
 
 
 def _ingest_locked(
@@ -106,7 +122,8 @@ def _ingest_locked(
     sha: bytes,
     size: int,
     info: BlobInfo | None,
-) -> tuple[str, dict[str, Any]]:
+    thumbnails: ThumbnailWriter | None = None,
+) -> tuple[str, dict[str, Any], bool]:
     etag = info.etag if info else None
     modified = info.last_modified if info else None
     current = Store.current(conn, container, name)
@@ -125,14 +142,14 @@ def _ingest_locked(
                 etag=etag,
                 last_modified=modified,
             )
-            return "failed", {"code": current.failure_code, "reason": current.failure_reason}
+            return "failed", {"code": current.failure_code, "reason": current.failure_reason}, False
         have = Store.vector_models(conn, container, name, sha)
         if set(providers) <= have:
             changed = (etag, modified) != (current.etag, current.last_modified)
             if changed or (info is not None and info.metadata != current.metadata):
                 kept = (current.content_type or "", current.width or 0, current.height or 0)
                 Store.save_indexed(conn, _record(container, name, sha, kept, info, current.byte_size), {})
-            return "unchanged", {}
+            return "unchanged", {}, False
 
     try:
         if size > MAX_BYTES or len(data) > MAX_BYTES:
@@ -140,9 +157,13 @@ def _ingest_locked(
                 f"the file is {size:,} bytes; the embedding service takes at most {MAX_BYTES:,}", code="TooLarge"
             )
         image = inspect_image(data)
-        vectors: dict[str, Vector] = {
-            model_id: provider.embed_image(data) for model_id, provider in providers.items() if model_id not in have
-        }
+        pending = _PREVIEWS.submit(thumbnails, name, data) if thumbnails is not None else None
+        try:
+            vectors: dict[str, Vector] = {
+                model_id: provider.embed_image(data) for model_id, provider in providers.items() if model_id not in have
+            }
+        finally:
+            preview = _preview_done(pending, name)
     except ProviderMisconfigured:
         raise  # the service refused *us*, not the image: fail loudly so the host retries
     except PermanentError as exc:
@@ -157,10 +178,10 @@ def _ingest_locked(
             etag=etag,
             last_modified=modified,
         )
-        return "failed", {"code": exc.code, "reason": exc.message}
+        return "failed", {"code": exc.code, "reason": exc.message}, False
     shape = (image.content_type, image.width, image.height)
     Store.save_indexed(conn, _record(container, name, sha, shape, info, size), vectors)
-    return "indexed", {"embedded": bool(vectors)}
+    return "indexed", {"embedded": bool(vectors)}, preview
 
 
 def _record(
