@@ -257,6 +257,9 @@ var appSettings = {
   VISION_MODEL_VERSION: visionModelVersion
   VISION_TIMEOUT_SECONDS: '30'
   VISION_MAX_RETRY_SECONDS: '60'
+  // Each instance's share of the Vision resource's rate limit (S1: 20 calls/s, F0: 20 calls/min), so a
+  // full scale-out stays under it instead of retrying 429s.
+  VISION_MAX_REQUESTS_PER_SECOND: visionSkuName == 'F0' ? '0.3' : string(max(1, 20 / maximumInstanceCount))
   DATABASE_URL: 'postgresql://${functionAppName}@${postgres.outputs.host}:5432/${postgres.outputs.databaseName}?sslmode=require'
   DATABASE_AUTH: 'entra'
   DATABASE_POOL_MAX: string(databasePoolMax)

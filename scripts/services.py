@@ -137,7 +137,8 @@ class Postgres:
             self.pg_ctl("-w", "-m", "fast", "stop")
 
     def start(self) -> None:
-        opts = ["-o", f"-h 127.0.0.1 -p {self.port}"] if self.port is not None else []
+        # Socket-only unless a port is given, as pgserver starts it (else it also tries TCP on 5432).
+        opts = ["-o", f"-h 127.0.0.1 -p {self.port}"] if self.port is not None else ["-o", '-h ""']
         sock = self.socket_uri.split("host=")[-1]
         self.pg_ctl("-w", *opts, "-o", f"-k {sock}", "-l", str(self.pgdata / "server.log"), "start")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from azure.core.exceptions import (
     AzureError,
+    HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -162,6 +163,14 @@ class ImageBlobs:
                 downloader = self.container.get_blob_client(name).download_blob(offset=0, length=limit + 1)
             except ResourceNotFoundError:
                 raise BlobGone(f"blob {name} no longer exists") from None
+            except HttpResponseError as exc:
+                if exc.status_code != 416:
+                    raise
+                # Storage refuses any range of an empty blob (416 InvalidRange): it has no bytes to read.
+                empty = self.properties(name)
+                if empty is None:
+                    raise BlobGone(f"blob {name} no longer exists") from None
+                return b"", empty
             data = downloader.readall()
             p = downloader.properties
         size = _total_size(p, len(data))

@@ -9,11 +9,12 @@ answer its health check.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Final
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from .errors import SettingError
 
@@ -35,6 +36,8 @@ DEFAULTS: Final[dict[str, str | None]] = {
     "VISION_MODEL_VERSION": "2023-04-15",
     "VISION_TIMEOUT_SECONDS": "30",
     "VISION_MAX_RETRY_SECONDS": "60",
+    # This worker's share of the Vision resource's calls per second; 0: no client-side limit.
+    "VISION_MAX_REQUESTS_PER_SECOND": "0",
     "CLIP_MODEL_PATH": None,
     "CLIP_MODEL_NAME": "ViT-B-32",
     "CLIP_THREADS": "0",
@@ -198,7 +201,7 @@ class Settings:
     def vision_max_requests_per_second(self) -> float:
         """This worker's share of the Vision resource's rate limit (S1: 20/s, F0: 0.33/s); 0: unlimited."""
         name, hint = "VISION_MAX_REQUESTS_PER_SECOND", "give calls per second, e.g. 20 (0 for no limit)"
-        value = self.raw(name) or "0"
+        value = self._required(name, hint)
         try:
             rate = float(value)
         except ValueError:
@@ -242,6 +245,8 @@ class Settings:
             conninfo_to_dict(value)
         except Exception as exc:  # psycopg raises ProgrammingError for a malformed conninfo
             reason = " ".join(str(exc).split())  # one line, whatever psycopg's message looks like
+            # libpq quotes a malformed URI whole, password included; this message reaches logs and /api/health.
+            reason = _without_passwords(reason, value)
             raise SettingError("DATABASE_URL", f"is not a valid libpq URI or conninfo string ({reason})") from None
         return value
 
@@ -269,6 +274,19 @@ class Settings:
     @cached_property
     def read_link_minutes(self) -> int:
         return self._int("READ_LINK_MINUTES", 1, 24 * 60)
+
+
+_URI_USERINFO: Final = re.compile(r"://(.*)@", re.DOTALL)
+_CONNINFO_PASSWORD: Final = re.compile(r"password\s*=\s*(?:'((?:[^'\\]|\\.)*)'?|(\S+))", re.IGNORECASE)
+
+
+def _without_passwords(text: str, conninfo: str) -> str:
+    """``text`` with every password written in ``conninfo`` (URI userinfo or ``password=``) masked."""
+    secrets = [m.group(1).partition(":")[2] for m in _URI_USERINFO.finditer(conninfo)]
+    secrets += [m.group(1) or m.group(2) or "" for m in _CONNINFO_PASSWORD.finditer(conninfo)]
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
 
 
 def _check_url(name: str, value: str) -> None:
