@@ -34,5 +34,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## Benchmarks at small sizes (a smoke test, about 3 minutes); bench/README.md has the full runs.
+bench-quick: setup
+	$(BIN)/python bench/run.py all --quick
+
 clean: stop
 	rm -rf .local

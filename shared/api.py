@@ -14,7 +14,6 @@ Each handler takes an optional ``runtime`` (tests inject one); by default the wo
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import threading
@@ -137,14 +136,13 @@ class ShortRetryBudget:
 
     def __call__(self, provider: EmbeddingProvider) -> EmbeddingProvider:
         current = getattr(provider, "max_retry_seconds", None)
-        if not isinstance(current, int | float) or current <= self.seconds:
+        shorten = getattr(provider, "with_retry_budget", None)
+        if not isinstance(current, int | float) or current <= self.seconds or not callable(shorten):
             return provider
         with self._lock:
             known = self._copies.get(id(provider))
             if known is None or known[0] is not provider:
-                quick = copy.copy(provider)
-                quick.max_retry_seconds = self.seconds  # type: ignore[attr-defined]
-                known = self._copies[id(provider)] = (provider, quick)
+                known = self._copies[id(provider)] = (provider, shorten(self.seconds))
             return known[1]
 
 

@@ -607,12 +607,18 @@ class Store:
         if matrix.shape[1] != row[0]:
             raise InvalidInput(f"model {model_id} has {row[0]} dimensions; the vectors have {matrix.shape[1]}")
         written = 0
-        for start in range(0, len(records), max(1, batch_size)):
-            stop = start + max(1, batch_size)
-            written += self._bulk_batch(records[start:stop], matrix[start:stop], model_id)
+        step = max(1, batch_size)
+        for start in range(0, len(records), step):
+            stop = start + step
+            # Only the last commit waits for the WAL to reach disk, and that wait covers every batch
+            # before it (the WAL is written in order): durable on return, without a flush per batch.
+            last = stop >= len(records)
+            written += self._bulk_batch(records[start:stop], matrix[start:stop], model_id, durable=last)
         return written
 
-    def _bulk_batch(self, records: Sequence[ImageRecord], matrix: npt.NDArray[np.float32], model_id: str) -> int:
+    def _bulk_batch(
+        self, records: Sequence[ImageRecord], matrix: npt.NDArray[np.float32], model_id: str, *, durable: bool
+    ) -> int:
         ids = [image_id(r.container, r.name) for r in records]
         keep = sorted({iid: n for n, iid in enumerate(ids)}.values())  # the last record of each blob
         rows = [records[n] for n in keep]
@@ -621,14 +627,21 @@ class Store:
         with translate_errors("bulk loading images"), self.pool.connection() as conn:
             try:
                 with conn.transaction():
+                    if not durable:
+                        conn.execute("SET LOCAL synchronous_commit = off")
                     # A fresh import (none of these blobs stored yet) needs no upsert: COPY straight in.
-                    if conn.execute("SELECT 1 FROM images WHERE id = ANY(%s) LIMIT 1", (kept,)).fetchone() is None:
+                    stored = conn.execute(
+                        "SELECT 1 FROM unnest(%s::bigint[]) AS b (id) JOIN images i ON i.id = b.id LIMIT 1", (kept,)
+                    )
+                    if stored.fetchone() is None:
                         _copy_images(conn, "images", kept, rows)
                         _copy_vectors(conn, kept, model_id, rows, vectors)
                         return len(kept)
             except psycopg.errors.UniqueViolation:
                 pass  # some were stored meanwhile (a concurrent ingestion): upsert them
             with conn.transaction():
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit = off")
                 conn.execute(_BULK_TEMP_TABLE)
                 _copy_images(conn, "bulk_images", kept, rows)
                 conn.execute(

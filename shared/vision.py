@@ -16,6 +16,7 @@ Every failure is classified by what the caller should do next (see shared/errors
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import json
 import logging
@@ -43,6 +44,7 @@ from .errors import (
     ProviderResponseError,
     ProviderUnavailable,
 )
+from .ratelimit import RateLimiter, RateLimitTimeout, shared_limiter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,9 +138,12 @@ class AzureVisionProvider:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         """Give exactly one of ``key`` (sent as ``Ocp-Apim-Subscription-Key``) or ``token_provider``
         (returns a bearer token; called before every attempt, so it should cache, like CachedToken.get).
+        ``rate_limiter``, when given, spaces every attempt (retries too) to the worker's share of the
+        service's rate limit.
         """
         if (key is None) == (token_provider is None):
             raise ValueError("give exactly one of key or token_provider")
@@ -156,6 +161,7 @@ class AzureVisionProvider:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
+        self.rate_limiter = rate_limiter
         query = urlencode({"api-version": api_version, "model-version": model_version})
         self._urls = {
             "image": f"{self.endpoint}{IMAGE_PATH}?{query}",
@@ -188,6 +194,9 @@ class AzureVisionProvider:
             if not isinstance(credential, TokenCredentialLike):
                 raise TypeError(f"credential must have get_token(*scopes), got {type(credential).__name__}")
             token_provider = CachedToken(credential, COGNITIVE_SERVICES_SCOPE).get
+        rate = settings.vision_max_requests_per_second
+        # One limiter per endpoint and worker: the limit belongs to the Vision resource, not to this object.
+        limiter = shared_limiter(settings.vision_endpoint, rate) if rate > 0 else None
         return cls(
             settings.vision_endpoint,
             api_version=settings.vision_api_version,
@@ -196,6 +205,7 @@ class AzureVisionProvider:
             token_provider=token_provider,
             timeout=settings.vision_timeout_seconds,
             max_retry_seconds=settings.vision_max_retry_seconds if max_retry_seconds is None else max_retry_seconds,
+            rate_limiter=limiter,
         )
 
     # --- EmbeddingProvider ---------------------------------------------------------------------
@@ -224,6 +234,14 @@ class AzureVisionProvider:
             )
         return self._call("text", json.dumps({"text": text}).encode("utf-8"), "application/json")
 
+    def with_retry_budget(self, seconds: float) -> AzureVisionProvider:
+        """The same client with a shorter retry budget (for a request someone waits for); it shares the
+        session, credentials and rate limiter, and closing it leaves them open."""
+        quick = copy.copy(self)
+        quick.max_retry_seconds = float(seconds)
+        quick._owns_session = False
+        return quick
+
     def close(self) -> None:
         """Close the connection pool (only if this provider created the session)."""
         if self._owns_session:
@@ -249,6 +267,8 @@ class AzureVisionProvider:
                 remaining = max(deadline - self._clock(), 0.001)
                 timeout = (min(timeout[0], remaining), min(timeout[1], remaining))
             first_attempt = False
+            if self.rate_limiter is not None:
+                self._wait_for_slot(kind, deadline)
             return self._attempt(kind, body, content_type, timeout)
 
         def wait(state: RetryCallState) -> float:
@@ -298,6 +318,21 @@ class AzureVisionProvider:
         )
         result: Vector = retrying(attempt)
         return result
+
+    def _wait_for_slot(self, kind: str, deadline: float) -> None:
+        """Wait for the rate limiter's next slot, unless it lies beyond the retry budget."""
+        assert self.rate_limiter is not None
+        budget = max(deadline - self._clock(), MIN_ATTEMPT_SECONDS)
+        try:
+            self.rate_limiter.acquire(timeout=budget)
+        except RateLimitTimeout as exc:
+            # More calls queue in this worker than the rate lets through within the budget.
+            raise ProviderUnavailable(
+                f"Azure AI Vision {kind} call not started: this worker's calls are limited to "
+                f"{self.rate_limiter.rate:g} per second (VISION_MAX_REQUESTS_PER_SECOND) and the next free slot is "
+                f"{exc.wait:.1f} s away, beyond the retry budget; try again in {math.ceil(exc.wait)} s",
+                retry_after=exc.wait,
+            ) from exc
 
     def _attempt(self, kind: str, body: bytes, content_type: str, timeout: tuple[float, float]) -> Vector:
         headers = {"Content-Type": content_type, "Accept": "application/json"}

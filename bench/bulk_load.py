@@ -1,0 +1,204 @@
+"""Bulk load: vectors per second through ``Store.bulk_upsert`` against plain ``COPY … FORMAT BINARY``.
+
+The baselines copy the same rows (catalogue rows and 1024-d vectors, encoded the same way) straight
+into tables with the same columns and indexes (``LIKE … INCLUDING ALL``: primary keys, the unique
+name index, the secondary indexes), in one transaction:
+
+- ``COPY, same constraints``: the tables also have the project's foreign keys (vector → image,
+  vector → model), as an equivalent table of the schema does. This is the target's baseline.
+- ``COPY, no foreign keys``: the floor, to show what the schema's per-row foreign-key checks cost.
+
+The project path upserts them in its own batches (catalogue rows through a temporary table and
+INSERT … ON CONFLICT, vectors deleted and copied in). Rounds rotate the order of the paths on one
+server, tables emptied and a checkpoint taken before each, so drift in the machine's speed hits all
+alike. No HNSW index exists during the load (bulk loads build it afterwards; see bench.search).
+
+    .venv/bin/python -m bench.bulk_load [--quick] [--n N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg.types.json import Jsonb
+
+from bench import data
+from bench.common import Services, Stopwatch, log, machine, parser, services, table, write_json
+from shared.db import make_pool
+from shared.settings import Settings
+from shared.store import ImageRecord, Store, image_id
+
+MODEL = "azure-vision:2023-04-15"
+CHUNK = 5_000
+
+
+def raw_copy(
+    conn: psycopg.Connection[Any], recs: list[ImageRecord], vectors: npt.NDArray[np.float32], prefix: str = "raw"
+) -> None:
+    """Plain binary COPY of the same rows into <prefix>_images and <prefix>_image_vectors, one transaction."""
+    with conn.transaction():
+        cur = conn.cursor()
+        with cur.copy(
+            f"COPY {prefix}_images (id, container, name, status, sha256, content_type, width, height, byte_size, "
+            "etag, last_modified, metadata) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(
+                [
+                    "int8",
+                    "text",
+                    "text",
+                    "text",
+                    "bytea",
+                    "text",
+                    "int4",
+                    "int4",
+                    "int8",
+                    "text",
+                    "timestamptz",
+                    "jsonb",
+                ]
+            )
+            for r in recs:
+                head = (image_id(r.container, r.name), r.container, r.name, "indexed", r.sha256, r.content_type)
+                copy.write_row((*head, r.width, r.height, r.byte_size, r.etag, r.last_modified, Jsonb(r.metadata)))
+        with cur.copy(
+            f"COPY {prefix}_image_vectors (image_id, model_id, sha256, embedding) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
+            for start in range(0, len(recs), CHUNK):
+                part = recs[start : start + CHUNK]
+                copy.write(vector_rows(part, vectors[start : start + CHUNK]))
+            copy.write(b"\xff\xff")
+
+
+def vector_rows(recs: list[ImageRecord], vectors: npt.NDArray[np.float32]) -> bytes:
+    """Binary COPY rows (bigint, text, bytea, vector), encoded with numpy (as fast as the client gets)."""
+    dim = vectors.shape[1]
+    model = MODEL.encode()
+    row = np.dtype(
+        [
+            ("fields", ">i2"),
+            ("id_len", ">i4"),
+            ("id", ">i8"),
+            ("model_len", ">i4"),
+            ("model", f"S{len(model)}"),
+            ("sha_len", ">i4"),
+            ("sha", "V32"),
+            ("vec_len", ">i4"),
+            ("dim", ">i2"),
+            ("unused", ">i2"),
+            ("vec", ">f4", (dim,)),
+        ]
+    )
+    rows = np.zeros(len(recs), dtype=row)
+    rows["fields"], rows["id_len"], rows["model_len"], rows["sha_len"] = 4, 8, len(model), 32
+    rows["vec_len"], rows["dim"] = 4 + 4 * dim, dim
+    rows["id"] = [image_id(r.container, r.name) for r in recs]
+    rows["model"] = model
+    rows["sha"] = np.frombuffer(b"".join(r.sha256 for r in recs), dtype="V32")
+    rows["vec"] = vectors
+    return rows.tobytes()
+
+
+def reset(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("TRUNCATE image_vectors, images, raw_image_vectors, raw_images, fk_image_vectors, fk_images")
+    conn.execute("CHECKPOINT")
+
+
+PATHS = ("copy", "copy+fk", "project")
+LABELS = {
+    "copy+fk": "COPY BINARY, same constraints (baseline)",
+    "copy": "COPY BINARY, no foreign keys (floor)",
+    "project": "Store.bulk_upsert, new rows",
+}
+
+
+def run(n: int, rounds: int, quick: bool) -> dict[str, Any]:
+    with services() as svc:
+        return measure(svc, n, rounds, quick)
+
+
+def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
+    with svc.connect(autocommit=True) as conn:
+        Store.create_schema(conn)
+        for prefix in ("raw", "fk"):
+            conn.execute(f"CREATE TABLE {prefix}_images (LIKE images INCLUDING ALL)")
+            conn.execute(f"CREATE TABLE {prefix}_image_vectors (LIKE image_vectors INCLUDING ALL)")
+        conn.execute(
+            "ALTER TABLE fk_image_vectors ADD FOREIGN KEY (image_id) REFERENCES fk_images (id) ON DELETE CASCADE, "
+            "ADD FOREIGN KEY (model_id) REFERENCES embedding_models (model_id)"
+        )
+        info = machine(conn)
+    from pgvector.psycopg import register_vector
+
+    pool = make_pool(Settings({"DATABASE_URL": svc.database_url}))
+    pool.wait()
+    store = Store(pool)
+    store.ensure_model(MODEL, data.DIM, create_index=False)
+    log(f"generating {n:,} vectors")
+    vectors = data.clustered(n)
+    recs = data.records(n)
+    seconds: dict[str, list[float]] = {path: [] for path in PATHS}
+    with psycopg.connect(svc.database_url, autocommit=True) as conn:
+        register_vector(conn)
+        for r in range(rounds):
+            for which in PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]:
+                reset(conn)
+                with Stopwatch() as t:
+                    if which == "project":
+                        store.bulk_upsert(recs, vectors, MODEL)
+                    else:
+                        raw_copy(conn, recs, vectors, "fk" if which == "copy+fk" else "raw")
+                seconds[which].append(t.seconds)
+                log(f"round {r + 1}: {which} {n / t.seconds:,.0f} vectors/s")
+        # Upsert over existing rows (a re-import): every row conflicts and is updated.
+        with Stopwatch() as again:
+            store.bulk_upsert(recs, vectors[::-1].copy(), MODEL)
+        counts = conn.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM image_vectors)").fetchone()
+    pool.close()
+    assert counts == (n, n), counts
+
+    rate = {path: n / statistics.median(s) for path, s in seconds.items()}
+    base, floor = rate["copy+fk"], rate["copy"]
+    rows = [[LABELS[p], rate[p], n / rate[p], rate[p] / base, rate[p] / floor] for p in ("copy+fk", "copy", "project")]
+    rows.append(["Store.bulk_upsert, all rows exist", n / again.seconds, again.seconds])
+    rows[-1] += [rows[-1][1] / base, rows[-1][1] / floor]
+    table(
+        f"Bulk load: {n:,} images x 1024-d, median of {rounds} rounds (target: bulk_upsert >= 0.8 x COPY)",
+        ["path", "vectors/s", "seconds", "x baseline", "x floor"],
+        rows,
+    )
+    ratio = rate["project"] / base
+    return {
+        "benchmark": "bulk_load",
+        "quick": quick,
+        "machine": info,
+        "n": n,
+        "rounds": rounds,
+        "seconds": seconds,
+        "reupsert_seconds": again.seconds,
+        "vectors_per_s": rate,
+        "reupsert_vectors_per_s": n / again.seconds,
+        "ratio_vs_same_constraints": ratio,
+        "ratio_vs_no_foreign_keys": rate["project"] / floor,
+        "target_ratio": 0.8,
+        "target_met": ratio >= 0.8,
+    }
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--n", type=int, help="vectors to load (default 100,000; quick 20,000)")
+    p.add_argument("--rounds", type=int, help="rounds per path, order rotating (default 5; quick 2)")
+    args = p.parse_args()
+    n = args.n or (20_000 if args.quick else 100_000)
+    rounds = args.rounds or (2 if args.quick else 5)
+    write_json("bulk_load", run(n, rounds, args.quick), args.out)
+
+
+if __name__ == "__main__":
+    main()
