@@ -265,7 +265,7 @@ var appSettings = {
   DATABASE_POOL_MAX: string(databasePoolMax)
   HNSW_M: '16'
   HNSW_EF_CONSTRUCTION: '64'
-  HNSW_EF_SEARCH: '40'
+  HNSW_EF_SEARCH: '80'
   READ_LINK_MINUTES: '15'
   RECONCILE_SCHEDULE: reconcileSchedule
 }

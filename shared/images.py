@@ -104,7 +104,16 @@ def _check_complete(img: Image.Image, fmt: str, data: bytes) -> None:
 
 def _orientation(img: Image.Image) -> int:
     try:
-        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+        raw = img.info.get("exif")
+        if isinstance(raw, bytes):
+            # The raw block the header parse found: for PNG, getexif() would decode every pixel first.
+            exif = Image.Exif()
+            exif.load(raw)
+        elif img.format in ("TIFF", "JPEG", "MPO", "WEBP"):
+            exif = img.getexif()  # read from the header, no pixel decoding
+        else:
+            return 1
+        value = exif.get(_EXIF_ORIENTATION, 1)
         return int(value) if isinstance(value, int) else 1
     except Exception:  # a broken EXIF block does not make the image unusable
         return 1

@@ -46,7 +46,7 @@ DEFAULTS: Final[dict[str, str | None]] = {
     "DATABASE_POOL_MAX": "10",
     "HNSW_M": "16",
     "HNSW_EF_CONSTRUCTION": "64",
-    "HNSW_EF_SEARCH": "40",
+    "HNSW_EF_SEARCH": "80",
     "READ_LINK_MINUTES": "15",
     "RECONCILE_SCHEDULE": "0 0 * * * *",
 }

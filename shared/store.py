@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -99,6 +100,9 @@ DO $$ BEGIN
         FOREIGN KEY (model_id) REFERENCES embedding_models (model_id);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 """
+
+
+UNFILTERED_COUNT_SECONDS = 30.0
 
 
 def image_id(container: str, name: str) -> int:
@@ -259,12 +263,13 @@ def _index_name(model_id: str, dimension: int) -> str:
 class Store:
     """All reads and writes of the image collection, over one connection pool."""
 
-    def __init__(self, pool: ConnectionPool, *, hnsw_m: int = 16, hnsw_ef_construction: int = 64, ef_search: int = 40):
+    def __init__(self, pool: ConnectionPool, *, hnsw_m: int = 16, hnsw_ef_construction: int = 64, ef_search: int = 80):
         self.pool = pool
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
         self.ef_search = ef_search
         self._citus: bool | None = None
+        self._unfiltered_counts: dict[tuple[str, str | None], tuple[int, float]] = {}
 
     # --- schema -----------------------------------------------------------------------------------
     @staticmethod
@@ -769,7 +774,7 @@ class Store:
             return Nearest([], "exact")
         chosen = strategy
         if strategy == "auto":
-            matching = self.count_matching(model, filters, stop_at=self.exact_scan_max_rows + 1)
+            matching = self._matching_estimate(model, filters)
             chosen = "exact" if matching <= self.exact_scan_max_rows else "index"
         if chosen == "index":
             fetch = limit + max(limit, INDEX_SLACK_ROWS)
@@ -779,6 +784,23 @@ class Store:
             log.info("index scan found %d rows for %d asked; answering with an exact scan", len(rows), limit)
             chosen = "index+exact"
         return Nearest(self._exact_scan(model, query, limit, filters, after, max_distance), chosen)
+
+    def _matching_estimate(self, model: Model, filters: SearchFilters) -> int:
+        """The capped count that picks the strategy. Without filters it only changes as the collection
+        grows or shrinks, so it is remembered for ``UNFILTERED_COUNT_SECONDS``: either choice is correct
+        (the index path falls back to an exact scan when it finds too few rows), a stale one only slower,
+        and the count would otherwise cost about as much as the search itself."""
+        stop_at = self.exact_scan_max_rows + 1
+        if _is_filtered(filters):
+            return self.count_matching(model, filters, stop_at=stop_at)
+        key = (model.model_id, filters.container)
+        now = time.monotonic()
+        known = self._unfiltered_counts.get(key)
+        if known is not None and now - known[1] < UNFILTERED_COUNT_SECONDS:
+            return known[0]
+        count = self.count_matching(model, filters, stop_at=stop_at)
+        self._unfiltered_counts[key] = (count, now)
+        return count
 
     def count_matching(self, model: Model, filters: SearchFilters, *, stop_at: int) -> int:
         """How many searchable images match ``filters``, counting no further than ``stop_at``."""

@@ -15,7 +15,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s.embedding_provider == "azure-vision"
     assert (s.vision_api_version, s.vision_model_version) == ("2024-02-01", "2023-04-15")
     assert s.database_auth == "password"
-    assert (s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.read_link_minutes) == (16, 64, 40, 15)
+    assert (s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.read_link_minutes) == (16, 64, 80, 15)
 
 
 @pytest.mark.parametrize(
