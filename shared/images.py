@@ -91,9 +91,15 @@ def _check_complete(img: Image.Image, fmt: str, data: bytes) -> None:
     """Catch truncated or corrupt files without decoding full-size pixels."""
     try:
         if fmt in ("JPEG", "MPO"):
-            # Draft mode decodes at 1/8 scale: a truncated or corrupt scan still fails, in ~1 ms.
-            img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
-            img.load()
+            # A JPEG cut short has no end-of-image marker (FF D9) after the start of its scan: in the
+            # entropy-coded data an FF is always followed by 00 or a restart marker, so FF D9 there can
+            # only be the real end. Finding it costs ~0.1 ms, where even a 1/8-scale decode costs ~5 ms
+            # at 2 MP. (Garbage inside an intact scan is left to the service, which refuses it.)
+            tiles = getattr(img, "tile", None)  # ImageFile: where the scan data starts
+            tile = tiles[0] if tiles else None
+            scan_start = int(tile[2]) if tile is not None else 0
+            if data.find(b"\xff\xd9", scan_start) < 0:
+                raise OSError("image file is truncated (no end-of-image marker after the scan)")
         else:
             # verify() walks the file's structure (PNG: every chunk and its CRC) without decoding pixels.
             # It must come straight after open(), hence a fresh one.
