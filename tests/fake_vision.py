@@ -391,6 +391,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeVision
     protocol_version = "HTTP/1.1"  # keep-alive, so a client's connection pool is exercised
+    disable_nagle_algorithm = True  # else each answer waits ~40 ms for the client's delayed ACK
     timeout = 30  # an idle kept-alive connection is closed after this long
 
     def setup(self) -> None:
