@@ -9,15 +9,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .blobs import BlobGone
-from .embeddings import EmbeddingProvider, make_provider, provider_config
+from .embeddings import EmbeddingProvider, Vector, make_provider, provider_config
 from .errors import AppError, InvalidInput, PermanentError
 from .images import MAX_BYTES
 from .settings import Settings
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+BATCH = 16  # images per call of a provider that embeds batches (the local model)
 
 # The setting that names a provider's model, for `reembed --model`.
 MODEL_SETTING = {"azure-vision": "VISION_MODEL_VERSION", "clip": "CLIP_MODEL_NAME"}
@@ -88,20 +92,56 @@ def reembed(
     if on_total and status is not None:
         on_total(status.missing)
 
-    def one(item: tuple[int, str, bytes]) -> str:
-        iid, name, sha = item
+    def fetch(item: tuple[int, str, bytes]) -> bytes | None:
+        """The blob's bytes, or None when it is gone or changed since it was indexed (ingestion of
+        the new bytes writes both models)."""
+        _, name, sha = item
         try:
             data, _ = rt.blobs.read(name, MAX_BYTES)
         except BlobGone:
+            return None
+        return data if hashlib.sha256(data).digest() == sha else None
+
+    def store(item: tuple[int, str, bytes], vector: Vector) -> str:
+        return "embedded" if rt.store.add_vector(item[0], model.model_id, item[2], vector) else "skipped"
+
+    def one(item: tuple[int, str, bytes]) -> str:
+        data = fetch(item)
+        if data is None:
             return "skipped"
-        if hashlib.sha256(data).digest() != sha:
-            return "skipped"  # changed since it was indexed: ingestion of the new bytes writes both models
         try:
-            vector = provider.embed_image(data)
+            return store(item, provider.embed_image(data))
         except PermanentError as exc:
-            log.warning("reembed: %s refused by %s: %s", name, model.model_id, exc.message)
+            log.warning("reembed: %s refused by %s: %s", item[1], model.model_id, exc.message)
             return "skipped"
-        return "embedded" if rt.store.add_vector(iid, model.model_id, sha, vector) else "skipped"
+
+    # A local model embeds a batch faster than its images one by one; a remote service takes one at a time.
+    embed_many: Callable[[list[bytes]], list[Vector]] | None = getattr(provider, "embed_images", None)
+
+    def batched(items: list[tuple[int, str, bytes]], pool: ThreadPoolExecutor) -> list[str | AppError]:
+        datas = list(pool.map(_guard(fetch), items))
+        results: list[str | AppError] = ["skipped"] * len(items)
+        ready = [(i, d) for i, d in enumerate(datas) if isinstance(d, bytes)]
+        for i, d in enumerate(datas):
+            if isinstance(d, AppError):
+                results[i] = d
+        for start in range(0, len(ready), BATCH):
+            chunk = ready[start : start + BATCH]
+            try:
+                assert embed_many is not None
+                vectors = embed_many([d for _, d in chunk])
+            except PermanentError:
+                # One bad image fails the whole batch: do this chunk one by one to find it.
+                for i, _ in chunk:
+                    results[i] = _guard(one)(items[i])
+                continue
+            except AppError as exc:
+                for i, _ in chunk:
+                    results[i] = exc
+                continue
+            for (i, _), vector in zip(chunk, vectors, strict=True):
+                results[i] = _guard(functools.partial(_store_as, store, vector))(items[i])
+        return results
 
     after = -1
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reembed") as pool:
@@ -110,7 +150,8 @@ def reembed(
             if not batch:
                 break
             after = batch[-1][0]
-            for item, result in zip(batch, pool.map(_guard(one), batch), strict=True):
+            outcomes = batched(batch, pool) if callable(embed_many) else list(pool.map(_guard(one), batch))
+            for item, result in zip(batch, outcomes, strict=True):
                 if isinstance(result, AppError):
                     report.errors.append(f"{item[1]}: {result.message}")
                 elif result == "embedded":
@@ -122,8 +163,14 @@ def reembed(
     return report
 
 
-def _guard(fn: Callable[[tuple[int, str, bytes]], str]) -> Callable[[tuple[int, str, bytes]], str | AppError]:
-    def run(item: tuple[int, str, bytes]) -> str | AppError:
+def _store_as(
+    store: Callable[[tuple[int, str, bytes], Vector], str], vector: Vector, item: tuple[int, str, bytes]
+) -> str:
+    return store(item, vector)
+
+
+def _guard(fn: Callable[[tuple[int, str, bytes]], T]) -> Callable[[tuple[int, str, bytes]], T | AppError]:
+    def run(item: tuple[int, str, bytes]) -> T | AppError:
         try:
             return fn(item)
         except AppError as exc:  # transient: reported, and the next run picks the image up again

@@ -84,8 +84,12 @@ def test_moving_a_collection_from_azure_vision_to_the_local_model(runtime: Runti
     local = runtime.settings.with_overrides({"CLIP_MODEL_PATH": str(tiny_model), "CLIP_MODEL_NAME": "tiny-test"})
     goal = target(local, "clip")
     runtime.settings = local  # this worker can now build the clip provider from the stored config
+    batches: list[int] = []
+    embed_images = goal.provider.embed_images  # type: ignore[attr-defined]
+    goal.provider.embed_images = lambda datas: batches.append(len(datas)) or embed_images(datas)  # type: ignore[attr-defined]
     report = reembed(runtime, goal)
     assert (report.embedded, report.errors) == (4, [])
+    assert batches == [4]  # the local model embeds the page in one batch
     assert {r.name for r in searcher.text("red").results[:2]} == {"red-0.jpg", "red-3.jpg"}  # still Vision
 
     runtime.store.activate("clip:tiny-test")
