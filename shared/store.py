@@ -856,15 +856,25 @@ class Store:
         self, conn: psycopg.Connection[Any], fetch: int, filters: SearchFilters, ef_search: int | None, force: bool
     ) -> None:
         ef = max(int(ef_search or self.ef_search), fetch)
+        values: list[tuple[str, int | str]] = []
         if self.pgvector_version() >= (0, 8):
-            self._set_local(conn, "hnsw.iterative_scan", "relaxed_order")
-            self._set_local(conn, "hnsw.max_scan_tuples", int(self.max_scan_tuples))
+            values += [("hnsw.iterative_scan", "relaxed_order"), ("hnsw.max_scan_tuples", int(self.max_scan_tuples))]
         elif _is_filtered(filters):
             ef = max(ef, HNSW_MAX_EF_SEARCH)
-        self._set_local(conn, "hnsw.ef_search", min(ef, HNSW_MAX_EF_SEARCH))
+        values.append(("hnsw.ef_search", min(ef, HNSW_MAX_EF_SEARCH)))
         if force:
             # Only a plan that reads the CTE's rows from the index in distance order avoids a second Sort.
-            self._set_local(conn, "enable_sort", "off")
+            values.append(("enable_sort", "off"))
+        if self.is_citus():
+            for name, value in values:
+                self._set_local(conn, name, value)  # SET LOCAL, which Citus can pass on to the shards
+            return
+        # One statement for all of them: on a fast query the round trips are most of the cost.
+        calls = sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(str(value)))
+            for name, value in values
+        )
+        conn.execute(sql.SQL("SELECT {}").format(calls))
 
     def _index_scan(
         self,
