@@ -1043,13 +1043,16 @@ def _copy_vectors(
     with conn.cursor().copy(
         "COPY image_vectors (image_id, model_id, sha256, embedding) FROM STDIN (FORMAT BINARY)"
     ) as copy:
-        copy.write(_binary_copy_vectors(ids, model_id, [r.sha256 for r in rows], matrix))
+        copy.write(
+            _COPY_SIGNATURE + binary_vector_rows(ids, model_id, [r.sha256 for r in rows], matrix) + _COPY_TRAILER
+        )
 
 
-def _binary_copy_vectors(
+def binary_vector_rows(
     ids: Sequence[int], model_id: str, digests: Sequence[bytes], matrix: npt.NDArray[np.float32]
 ) -> bytes:
-    """COPY BINARY rows (bigint, text, bytea, vector) built in one go with numpy instead of row by row.
+    """COPY BINARY rows (bigint, text, bytea, vector) built in one go with numpy instead of row by row,
+    without the COPY header and trailer.
 
     Each row is: field count, then per field its length and big-endian value; pgvector's binary
     vector is int16 dimension, int16 unused, then the float4 values.
@@ -1077,7 +1080,7 @@ def _binary_copy_vectors(
     rows["id"] = np.asarray(ids, dtype=np.int64)
     rows["sha"] = np.frombuffer(b"".join(digests), dtype="V32")
     rows["vec"] = matrix
-    return _COPY_SIGNATURE + rows.tobytes() + _COPY_TRAILER
+    return rows.tobytes()
 
 
 _HIT_COLUMNS: Final = sql.SQL(
