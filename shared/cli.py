@@ -148,14 +148,13 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    from .db import make_pool
-    from .store import Store
+    from .runtime import open_store
 
-    pool = make_pool(settings)
+    store = open_store(settings)  # creates the schema if needed, so a new database shows zeros
     try:
-        stats = Store(pool).stats(recent_failures=args.failures)
+        stats = store.stats(recent_failures=args.failures)
     finally:
-        pool.close()
+        store.pool.close()
     print("images by status:")
     for status, n in sorted(stats["by_status"].items()) or [("(none)", 0)]:
         print(f"  {status:<10} {n:>8}")

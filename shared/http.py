@@ -9,9 +9,10 @@ import uuid
 from typing import Any
 
 import azure.functions as func
+import psycopg
 
 from .errors import AppError, SettingError
-from .settings import Settings, get_settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,10 @@ def unexpected(exc: BaseException, where: str) -> func.HttpResponse:
 
 def health(req: func.HttpRequest, settings: Settings | None = None) -> func.HttpResponse:
     """Database reachable, schema present, provider configured; 200 when all hold, else 503."""
-    settings = settings or get_settings()
+    if settings is None:
+        from .runtime import current_settings
+
+        settings = current_settings()  # the installed runtime's (tests, benchmarks), else the environment's
     checks: dict[str, dict[str, Any]] = {}
 
     try:
@@ -75,6 +79,8 @@ def health(req: func.HttpRequest, settings: Settings | None = None) -> func.Http
         checks["database"] = {"ok": False, "error": exc.message}
     except AppError as exc:
         checks["database"] = {"ok": False, "error": exc.message}
+    except psycopg.Error as exc:  # e.g. the role may not read the catalogue: report, don't crash
+        checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
 
     ok = all(c["ok"] for c in checks.values())
     return json_response({"status": "ok" if ok else "unhealthy", "checks": checks}, 200 if ok else 503)

@@ -24,7 +24,7 @@ def storage_origin(settings: Settings) -> str | None:
 
     try:
         url = urlparse(make_service_client(settings.images_storage).url)
-    except SettingError:
+    except (SettingError, ValueError):  # the page still works; only the images cannot load
         return None
     return f"{url.scheme}://{url.netloc}"
 

@@ -74,3 +74,14 @@ def test_cli_names_a_missing_setting_and_exits_2(
     assert cli_main(["init-db"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: setting DATABASE_URL is not set") and err.count("\n") == 1
+
+
+def test_cli_stats_on_a_new_database_shows_zeros(
+    postgres: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    url = postgres.create_database("stats_fresh")  # type: ignore[attr-defined]
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert cli_main(["stats"]) == 0
+    out = capsys.readouterr().out
+    assert "images by status:" in out and "(none)" in out

@@ -17,9 +17,7 @@ from shared.runtime import Runtime, build_runtime, set_runtime
 from shared.search import Searcher
 from shared.settings import Settings
 from tests.imagegen import image_bytes
-
-pytest.importorskip("onnxruntime")
-from tests.tiny_clip import build_tiny_clip  # needs onnx, which comes with the extra
+from tests.tiny_clip import build_tiny_clip  # needs onnx and onnxruntime: dev requirements
 
 
 @pytest.fixture(scope="session")
