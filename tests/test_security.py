@@ -257,6 +257,8 @@ def test_no_log_exception_or_answer_contains_the_vision_key_or_the_database_pass
         assert answer("health", request("GET", "/health")) == 200
 
         # The database out of reach (wrong port, same password), and a DATABASE_URL libpq cannot parse.
+        # Health reads the installed runtime's settings; without one, the environment's (as in Azure).
+        set_runtime(None)
         unreachable = f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:1/imagesearch"
         malformed = f"postgresql://postgres:{DB_PASSWORD}@[::1/imagesearch"
         for url in (unreachable, malformed, with_password("host=127.0.0.1 port=1 dbname=x", DB_PASSWORD)):
