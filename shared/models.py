@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -140,7 +139,10 @@ def reembed(
                     results[i] = exc
                 continue
             for (i, _), vector in zip(chunk, vectors, strict=True):
-                results[i] = _guard(functools.partial(_store_as, store, vector))(items[i])
+                try:
+                    results[i] = store(items[i], vector)
+                except AppError as exc:
+                    results[i] = exc
         return results
 
     after = -1
@@ -161,12 +163,6 @@ def reembed(
                 if progress:
                     progress(1)
     return report
-
-
-def _store_as(
-    store: Callable[[tuple[int, str, bytes], Vector], str], vector: Vector, item: tuple[int, str, bytes]
-) -> str:
-    return store(item, vector)
 
 
 def _guard(fn: Callable[[tuple[int, str, bytes]], T]) -> Callable[[tuple[int, str, bytes]], T | AppError]:
