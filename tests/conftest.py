@@ -2,10 +2,18 @@
 
 Each test run gets a fresh PostgreSQL data directory and database, a fresh Azurite workspace and a
 fake Vision server on free ports; all are stopped and removed at the end of the run.
+
+``TEST_DATABASE_URL`` points the suite at a server you already have instead of the embedded one: a
+single node or a Citus coordinator, with pgvector installed, and a user that may create databases
+(``postgresql://postgres@host:5432/postgres``). The run creates its own database there and drops it
+afterwards. Tests marked ``embedded_only`` (they stop and start the server) are then skipped, and on
+Citus so are those marked ``single_node`` (each has a Citus counterpart where the behaviour differs).
+See docs/databases.md.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +22,16 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from scripts.services import Azurite, Postgres, remove_tree, start_azurite, start_postgres
+from scripts.services import (
+    Azurite,
+    Postgres,
+    VectorUnsupported,
+    check_vectors,
+    external_postgres,
+    remove_tree,
+    start_azurite,
+    start_postgres,
+)
 from shared.blobs import ImageBlobs
 from shared.db import make_pool
 from shared.runtime import Runtime, build_runtime, set_runtime
@@ -32,18 +49,54 @@ def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def postgres(services_dir: Path) -> Iterator[Postgres]:
+    external = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if external:
+        yield external_postgres(external)
+        return
     pg = start_postgres(services_dir / "pgdata")
+    try:
+        # Before any test: one clear line instead of hundreds of "server closed the connection".
+        check_vectors(pg)
+    except VectorUnsupported as exc:
+        pg.stop()
+        pytest.exit(str(exc), returncode=3)
     yield pg
     pg.stop()
 
 
 @pytest.fixture(scope="session")
-def database_url(postgres: Postgres) -> str:
+def citus(postgres: Postgres) -> bool:
+    """Whether the suite runs against a Citus cluster."""
+    return postgres.is_citus()
+
+
+@pytest.fixture(autouse=True)
+def _database_markers(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("embedded_only") and os.environ.get("TEST_DATABASE_URL", "").strip():
+        pytest.skip("stops and starts the database server: only with the embedded server")
+    if request.node.get_closest_marker("single_node") and request.getfixturevalue("citus"):
+        pytest.skip("holds on a single node only (its Citus counterpart runs instead)")
+    if request.node.get_closest_marker("citus_only") and not request.getfixturevalue("citus"):
+        pytest.skip("Citus behaviour: runs with TEST_DATABASE_URL pointing at a Citus coordinator")
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: Postgres) -> Iterator[str]:
     """A fresh database for this test run, with the application schema."""
-    url = postgres.create_database(f"test_{uuid.uuid4().hex[:12]}")
-    with psycopg.connect(url) as conn:
-        Store.create_schema(conn)
-    return url
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(name)
+    try:
+        with psycopg.connect(url) as conn:
+            Store.create_schema(conn)
+        if not postgres.embedded:
+            try:
+                check_vectors(postgres, name)
+            except VectorUnsupported as exc:
+                pytest.exit(str(exc), returncode=3)
+        yield url
+    finally:
+        if not postgres.embedded:
+            postgres.drop_database(name)
 
 
 @pytest.fixture(scope="session")

@@ -528,13 +528,7 @@ def wait_until_accepting(url: str, timeout: float = 60.0) -> None:
 
 
 def start_again(pg: Postgres) -> None:
-    """Start the stopped server as pgserver started it. (``Postgres.start()`` gives a socket-only
-    server no ``-h ""``, so it also tries TCP on localhost:5432 and fails when anything holds that port.)"""
-    if pg.port is not None:
-        pg.start()
-        return
-    socket_dir = pg.socket_uri.split("host=")[-1]
-    pg.pg_ctl("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pg.pgdata / "server.log"), "start")
+    pg.start()
 
 
 @pytest.fixture
@@ -558,6 +552,7 @@ def many_images(prefix: str, n: int) -> dict[str, bytes]:
     return {f"{prefix}/{i:03d}.jpg": image_bytes(colours[i % 6], (40, 32), seed=i) for i in range(n)}
 
 
+@pytest.mark.embedded_only
 @pytest.mark.parametrize(
     ("images", "outage_seconds", "pool_timeout"),
     [
@@ -627,6 +622,7 @@ def test_database_restart_in_the_middle_of_a_reconcile_loses_nothing(
     assert health_status() == 200
 
 
+@pytest.mark.embedded_only
 def test_blob_trigger_during_a_database_restart_fails_transiently_then_indexes(
     rt: Runtime, fake_vision: FakeVision, restartable: Postgres, database_url: str, health_env: None
 ) -> None:
