@@ -28,9 +28,12 @@ from psycopg.types.json import Jsonb
 
 from bench import data
 from bench.common import Services, Stopwatch, log, machine, parser, services, table, write_json
+from shared.bulk import binary_vector_rows
+from shared.catalogue import ImageRecord, image_id
 from shared.db import make_pool
+from shared.schema import create_schema
 from shared.settings import Settings
-from shared.store import ImageRecord, Store, binary_vector_rows, image_id
+from shared.store import Store
 
 MODEL = "azure-vision:2023-04-15"
 CHUNK = 5_000
@@ -102,7 +105,7 @@ def run(n: int, rounds: int, quick: bool) -> dict[str, Any]:
 
 def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
     with svc.connect(autocommit=True) as conn:
-        Store.create_schema(conn)
+        create_schema(conn)
         for prefix in ("raw", "fk"):
             conn.execute(f"CREATE TABLE {prefix}_images (LIKE images INCLUDING ALL)")
             conn.execute(f"CREATE TABLE {prefix}_image_vectors (LIKE image_vectors INCLUDING ALL)")
@@ -116,7 +119,7 @@ def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
     pool = make_pool(Settings({"DATABASE_URL": svc.database_url}))
     pool.wait()
     store = Store(pool)
-    store.ensure_model(MODEL, data.DIM, create_index=False)
+    store.registry.ensure_model(MODEL, data.DIM, create_index=False)
     log(f"generating {n:,} vectors")
     vectors = data.clustered(n)
     recs = data.records(n)
@@ -128,14 +131,14 @@ def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
                 reset(conn)
                 with Stopwatch() as t:
                     if which == "project":
-                        store.bulk_upsert(recs, vectors, MODEL)
+                        store.bulk.upsert(recs, vectors, MODEL)
                     else:
                         raw_copy(conn, recs, vectors, "fk" if which == "copy+fk" else "raw")
                 seconds[which].append(t.seconds)
                 log(f"round {r + 1}: {which} {n / t.seconds:,.0f} vectors/s")
         # Upsert over existing rows (a re-import): every row conflicts and is updated.
         with Stopwatch() as again:
-            store.bulk_upsert(recs, vectors[::-1].copy(), MODEL)
+            store.bulk.upsert(recs, vectors[::-1].copy(), MODEL)
         counts = conn.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM image_vectors)").fetchone()
     pool.close()
     assert counts == (n, n), counts

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from bench.common import CACHE
-from shared.store import ImageRecord
+from shared.catalogue import ImageRecord
 
 DIM = 1024
 SEED = 20_260_701

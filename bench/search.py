@@ -34,11 +34,15 @@ from psycopg import sql
 
 from bench import data
 from bench.common import Stopwatch, log, machine, parser, services, summary_ms, table, write_json
+from shared.catalogue import image_id
 from shared.db import make_pool
 from shared.embeddings import Vector
+from shared.registry import Model
+from shared.schema import create_schema
 from shared.search import Filters, FixedModel, Options, Searcher
 from shared.settings import Settings
-from shared.store import Model, SearchFilters, Store, image_id
+from shared.store import Store
+from shared.vectorsearch import SearchFilters
 
 MODEL = "azure-vision:2023-04-15"
 CONTAINER = "images"
@@ -149,11 +153,11 @@ def run(n: int, queries: int, quick: bool, kinds: Sequence[str]) -> dict[str, An
 def bench(url: str, kind: str, n: int, nq: int, *, filtered_too: bool, rebuilds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"kind": kind}
     with psycopg.connect(url, autocommit=True) as conn:
-        Store.create_schema(conn)
+        create_schema(conn)
     pool = make_pool(Settings({"DATABASE_URL": url}))
     pool.wait()
     store = Store(pool)
-    model = store.ensure_model(MODEL, data.DIM, create_index=False)
+    model = store.registry.ensure_model(MODEL, data.DIM, create_index=False)
 
     log(f"[{kind}] generating {n:,} vectors and {nq} queries")
     vectors = data.clustered(n, kind=kind)
@@ -162,13 +166,13 @@ def bench(url: str, kind: str, n: int, nq: int, *, filtered_too: bool, rebuilds:
 
     log(f"[{kind}] loading through Store.bulk_upsert")
     with Stopwatch() as load:
-        store.bulk_upsert(data.records(n, CONTAINER), vectors, MODEL)
+        store.bulk.upsert(data.records(n, CONTAINER), vectors, MODEL)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE images")
         conn.execute("VACUUM ANALYZE image_vectors")
     log(f"[{kind}] loaded {n / load.seconds:,.0f} vectors/s; building the HNSW index")
     with Stopwatch() as build:
-        store.ensure_model(MODEL, data.DIM)
+        store.registry.ensure_model(MODEL, data.DIM)
     with psycopg.connect(url, autocommit=True) as conn:
         sizes = conn.execute(
             "SELECT pg_relation_size(indexrelid), pg_total_relation_size('image_vectors') FROM pg_index "
@@ -180,8 +184,8 @@ def bench(url: str, kind: str, n: int, nq: int, *, filtered_too: bool, rebuilds:
         "build_seconds": build.seconds,
         "index_mib": sizes[0] / 2**20,
         "table_mib": sizes[1] / 2**20,
-        "m": store.hnsw_m,
-        "ef_construction": store.hnsw_ef_construction,
+        "m": store.registry.hnsw_m,
+        "ef_construction": store.registry.hnsw_ef_construction,
     }
     log(f"[{kind}] index built in {build.seconds:.1f} s ({sizes[0] / 2**20:,.0f} MiB)")
     table(
@@ -271,7 +275,9 @@ def bench(url: str, kind: str, n: int, nq: int, *, filtered_too: bool, rebuilds:
     counts = []
     for _ in range(min(nq, 100)):
         with Stopwatch() as t:
-            store.count_matching(model, SearchFilters(container=CONTAINER), stop_at=store.exact_scan_max_rows + 1)
+            store.vectors.count_matching(
+                model, SearchFilters(container=CONTAINER), stop_at=store.vectors.exact_scan_max_rows + 1
+            )
         counts.append(t.seconds)
     result["count_matching_ms"] = summary_ms(counts)
     c = result["count_matching_ms"]
@@ -316,7 +322,7 @@ def rebuild_spread(
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
         log(f"[{kind}] rebuilding the index ({b + 2} of {rebuilds + 1})")
         with Stopwatch() as build:
-            store.ensure_model(MODEL, data.DIM)
+            store.registry.ensure_model(MODEL, data.DIM)
         for q in range(nq):  # warm
             raw_search(q)
         recalls = {}
@@ -380,13 +386,13 @@ def filtered(
         where = SearchFilters(container=CONTAINER, prefix=prefix, content_types=tuple(types))
 
         def project_store(q: int, where: SearchFilters = where, strategies: list[str] = strategies) -> list[int]:
-            found = store.search(model, qv[q], K, filters=where)
+            found = store.vectors.search(model, qv[q], K, filters=where)
             strategies.append(found.strategy)
             return [h.id for h in found.hits]
 
         def project_index(q: int, where: SearchFilters = where) -> list[int]:
             # The index path forced (the plan that reads the HNSW index in distance order), no count first.
-            return [h.id for h in store.search(model, qv[q], K, filters=where, strategy="index").hits]
+            return [h.id for h in store.vectors.search(model, qv[q], K, filters=where, strategy="index").hits]
 
         results = {}
         for mode in ("off", "relaxed_order"):
@@ -406,7 +412,7 @@ def filtered(
         chosen = {s: strategies.count(s) for s in sorted(set(strategies))}
         # The plan of the project's index path for this filter, for whoever wonders where time goes.
         try:
-            plan = store.explain_nearest(model, qv[0], K, filters=where, strategy="index", analyze=True)
+            plan = store.vectors.explain_nearest(model, qv[0], K, filters=where, strategy="index", analyze=True)
             plan = re.sub(r"'\[[^']*\]'", "'[vector]'", plan)
         except Exception as exc:  # diagnostics only: never fail the benchmark over it
             plan = f"(no plan: {type(exc).__name__}: {exc})"

@@ -145,7 +145,7 @@ def run(images: int, quick: bool) -> dict[str, Any]:
             if report.errors:
                 log(f"{len(report.errors)} blobs hit errors; a second reconcile picks them up")
                 second = reconcile(rt, concurrency=concurrency)
-            state = rt.store.index_state(CONTAINER, [rt.model.model_id])
+            state = rt.store.catalogue.index_state(CONTAINER, [rt.model.model_id])
             complete = sum(1 for s in state.values() if s.status == "indexed" and rt.model.model_id in s.models)
             rt.close()
             rate_achieved = report.indexed / t.seconds

@@ -37,27 +37,34 @@ def _url(admin_url: str, host: str, port: int, database: str) -> str:
 
 
 def create_database(admin_url: str, name: str) -> None:
-    """Create ``name`` on every node, with citus and vector, and register the workers in it."""
+    """Create ``name`` on every node (Citus propagates CREATE DATABASE when asked to), with citus and
+    vector in it, and register the coordinator and the workers in it; needs a superuser."""
     coordinator, workers = _nodes(admin_url)
-    maintenance = str(conninfo_to_dict(admin_url).get("dbname") or "postgres")
-    for host, port in [coordinator, *workers]:
-        with psycopg.connect(_url(admin_url, host, port, maintenance), autocommit=True) as conn:
-            conn.execute("SET citus.enable_create_database_propagation = off")
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        with psycopg.connect(_url(admin_url, host, port, name), autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("SET citus.enable_create_database_propagation = on")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(_url(admin_url, *coordinator, name), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    with psycopg.connect(_url(admin_url, *coordinator, name), autocommit=True) as conn:
-        conn.execute("SELECT citus_set_coordinator_host(%s, %s)", coordinator)
-        for host, port in workers:
-            conn.execute("SELECT citus_add_node(%s, %s)", (host, port))
+            conn.execute("SELECT citus_set_coordinator_host(%s, %s)", coordinator)
+            # citus_add_node needs the extension on the worker's database already.
+            hosts, ports = [h for h, _ in workers], [p for _, p in workers]
+            statements = ["CREATE EXTENSION IF NOT EXISTS citus"] * len(workers)
+            for host, port, ok, result in conn.execute(
+                "SELECT * FROM master_run_on_worker(%s, %s, %s, false)", (hosts, ports, statements)
+            ).fetchall():
+                if not ok:
+                    raise RuntimeError(f"creating citus on worker {host}:{port} failed: {result}")
+            for host, port in workers:
+                conn.execute("SELECT citus_add_node(%s, %s)", (host, port))
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")  # Citus creates it on the workers too
+    except BaseException:
+        drop_database(admin_url, name)
+        raise
 
 
 def drop_database(admin_url: str, name: str) -> None:
-    """Drop ``name`` from every node of the cluster."""
-    coordinator, workers = _nodes(admin_url)
-    maintenance = str(conninfo_to_dict(admin_url).get("dbname") or "postgres")
-    for host, port in [coordinator, *workers]:
-        with psycopg.connect(_url(admin_url, host, port, maintenance), autocommit=True) as conn:
-            conn.execute("SET citus.enable_create_database_propagation = off")
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    """Drop ``name`` from every node; FORCE, because Citus's own background sessions hold it open."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("SET citus.enable_create_database_propagation = on")
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

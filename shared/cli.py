@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import AppError, SettingError, TransientError
+from .schema import create_schema
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -39,10 +40,9 @@ def load_local_settings(path: Path = Path("local.settings.json")) -> dict[str, s
 
 def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
     from .db import connect
-    from .store import Store
 
     with connect(settings) as conn:
-        citus = Store.create_schema(conn)
+        citus = create_schema(conn)
     where = "Citus cluster (tables distributed)" if citus else "single node"
     print(f"schema ready on {where}")
     return 0
@@ -152,7 +152,7 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
     store = open_store(settings)  # creates the schema if needed, so a new database shows zeros
     try:
-        stats = store.stats(recent_failures=args.failures)
+        stats = store.catalogue.stats(recent_failures=args.failures)
     finally:
         store.pool.close()
     print("images by status:")
@@ -172,7 +172,7 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     rt = _runtime(settings)
     try:
-        models = rt.store.models()
+        models = rt.store.registry.models()
     finally:
         rt.close()
     print(f"{'model':<34} {'state':<9} {'dim':>5} {'coverage':>17}")
@@ -204,7 +204,7 @@ def cmd_reembed(settings: Settings, args: argparse.Namespace) -> int:
             on_total=total,
             progress=lambda n: bar.update(n) if bar is not None else None,
         )
-        status = rt.store.model_status(goal.provider.model_id)
+        status = rt.store.registry.model_status(goal.provider.model_id)
     finally:
         if bar is not None:
             bar.close()
@@ -222,7 +222,7 @@ def cmd_reembed(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_activate(settings: Settings, args: argparse.Namespace) -> int:
     rt = _runtime(settings)
     try:
-        status = rt.store.activate(args.model, force=args.force)
+        status = rt.store.registry.activate(args.model, force=args.force)
     finally:
         rt.close()
     print(f"{status.model.model_id} is now active ({status.covered}/{status.total} images); workers switch within 30 s")
@@ -232,7 +232,7 @@ def cmd_activate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_drop_model(settings: Settings, args: argparse.Namespace) -> int:
     rt = _runtime(settings)
     try:
-        removed = rt.store.drop_model(args.model)
+        removed = rt.store.registry.drop_model(args.model)
     finally:
         rt.close()
     print(f"dropped {args.model}: {removed} vectors and its index removed")

@@ -1,17 +1,21 @@
-"""Connections to PostgreSQL: one pool per worker process, Entra tokens, and error classification.
+"""Connections to PostgreSQL: one pool per worker process, Entra tokens, error classification, and
+what kind of server is at the other end (single node or Citus, which pgvector).
 
-SQL itself lives in shared/store.py; this module only knows how to connect.
+The SQL of the application lives in the modules of each job (schema, registry, catalogue, bulk,
+vectorsearch); this module only knows how to connect.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .errors import DatabaseUnavailable, SettingError
@@ -91,3 +95,35 @@ def translate_errors(what: str) -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Database:
+    """The connection pool and what it connects to: Citus or not, which pgvector (read once)."""
+
+    # Class-level defaults: learnt on first use (tests may set and delete them to simulate a server).
+    _citus: bool | None = None
+    _pgvector_version: tuple[int, ...] | None = None
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def is_citus(self) -> bool:
+        if self._citus is None:
+            with translate_errors("inspecting the database"), self.pool.connection() as conn:
+                self._citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
+        return self._citus
+
+    def pgvector_version(self) -> tuple[int, ...]:
+        """The installed pgvector version, e.g. (0, 8, 2)."""
+        if self._pgvector_version is None:
+            with translate_errors("inspecting the database"), self.pool.connection() as conn:
+                row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            text = str(row[0]) if row else "0"
+            self._pgvector_version = tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
+        return self._pgvector_version
+
+    def set_local(self, conn: psycopg.Connection[Any], name: str, value: int | str) -> None:
+        if self.is_citus():
+            # Without this, SET LOCAL stays on the coordinator and the shards search with defaults.
+            conn.execute("SET LOCAL citus.propagate_set_commands = 'local'")
+        conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value)))

@@ -21,10 +21,11 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from .blobs import BlobGone, BlobInfo, ImageBlobs, normalize_etag
+from .catalogue import Catalogue, ImageRecord
 from .embeddings import EmbeddingProvider, Vector
 from .errors import AppError, InvalidImage, PermanentError, ProviderMisconfigured, TransientError
 from .images import MAX_BYTES, inspect_image
-from .store import ImageRecord, Store
+from .store import Store
 
 if TYPE_CHECKING:
     import azure.functions as func
@@ -85,13 +86,13 @@ def ingest_bytes(
     started = time.perf_counter()
     size = info.size if info is not None and info.size else len(data)
     sha = hashlib.sha256(data[: MAX_BYTES + 1]).digest()
-    with store.locked(container, name) as conn:
+    with store.catalogue.locked(container, name) as conn:
         outcome, extra, preview = _ingest_locked(conn, providers, container, name, data, sha, size, info, thumbnails)
     # Logged only now: the transaction has committed.
     result = Outcome(name, outcome, bytes=size, duration_ms=(time.perf_counter() - started) * 1000, **extra)
     if outcome == "indexed" and preview:
         try:
-            store.mark_thumbnail(container, name, sha)
+            store.catalogue.mark_thumbnail(container, name, sha)
         except TransientError as exc:
             log.warning("thumbnail of %s stored but not noted: %s", name, exc.message)
     log_outcome(result)
@@ -126,12 +127,12 @@ def _ingest_locked(
 ) -> tuple[str, dict[str, Any], bool]:
     etag = info.etag if info else None
     modified = info.last_modified if info else None
-    current = Store.current(conn, container, name)
+    current = Catalogue.current(conn, container, name)
     have: set[str] = set()
     if current is not None and current.sha256 == sha:
         if current.status == "failed":
             # The same bytes failed permanently before: don't pay for the same refusal again.
-            Store.save_failure(
+            Catalogue.save_failure(
                 conn,
                 container,
                 name,
@@ -143,12 +144,12 @@ def _ingest_locked(
                 last_modified=modified,
             )
             return "failed", {"code": current.failure_code, "reason": current.failure_reason}, False
-        have = Store.vector_models(conn, container, name, sha)
+        have = Catalogue.vector_models(conn, container, name, sha)
         if set(providers) <= have:
             changed = (etag, modified) != (current.etag, current.last_modified)
             if changed or (info is not None and info.metadata != current.metadata):
                 kept = (current.content_type or "", current.width or 0, current.height or 0)
-                Store.save_indexed(conn, _record(container, name, sha, kept, info, current.byte_size), {})
+                Catalogue.save_indexed(conn, _record(container, name, sha, kept, info, current.byte_size), {})
             return "unchanged", {}, False
 
     try:
@@ -167,7 +168,7 @@ def _ingest_locked(
     except ProviderMisconfigured:
         raise  # the service refused *us*, not the image: fail loudly so the host retries
     except PermanentError as exc:
-        Store.save_failure(
+        Catalogue.save_failure(
             conn,
             container,
             name,
@@ -180,7 +181,7 @@ def _ingest_locked(
         )
         return "failed", {"code": exc.code, "reason": exc.message}, False
     shape = (image.content_type, image.width, image.height)
-    Store.save_indexed(conn, _record(container, name, sha, shape, info, size), vectors)
+    Catalogue.save_indexed(conn, _record(container, name, sha, shape, info, size), vectors)
     return "indexed", {"embedded": bool(vectors)}, preview
 
 
@@ -283,7 +284,7 @@ def ingest_blob(rt: Runtime, name: str) -> Outcome:
 
 def remove_image(rt: Runtime, name: str) -> bool:
     """Remove a blob's row, vectors and thumbnail; True when there was a row."""
-    removed = rt.store.delete_image(rt.settings.images_container, name)
+    removed = rt.store.catalogue.delete_image(rt.settings.images_container, name)
     try:
         rt.blobs.delete_thumbnail(name)
     except TransientError as exc:
@@ -371,7 +372,7 @@ def reconcile(
     # built is `reembed`'s job (its own concurrency and progress), not the hourly timer's.
     active = rt.model.model_id
     blobs = {b.name: b for b in rt.blobs.list()}
-    state = rt.store.index_state(container, [active])
+    state = rt.store.catalogue.index_state(container, [active])
     report = ReconcileReport(listed=len(blobs), dry_run=dry_run)
     todo = []
     for name, blob in blobs.items():

@@ -20,8 +20,8 @@ from .blobs import BlobGone
 from .embeddings import EmbeddingProvider, Vector, make_provider, provider_config
 from .errors import AppError, InvalidInput, PermanentError
 from .images import MAX_BYTES
+from .registry import Model
 from .settings import Settings
-from .store import Model
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -69,7 +69,7 @@ class ReembedReport:
 
 def register_target(rt: Runtime, goal: Target) -> Model:
     """Register the target model (``building`` when another is active) so ingestion starts writing it too."""
-    model = rt.store.ensure_model(goal.provider.model_id, goal.provider.dimension, goal.config)
+    model = rt.store.registry.ensure_model(goal.provider.model_id, goal.provider.dimension, goal.config)
     rt.refresh_models(force=True)
     return model
 
@@ -87,7 +87,7 @@ def reembed(
     provider = goal.provider
     model = register_target(rt, goal)
     report = ReembedReport(model.model_id)
-    status = rt.store.model_status(model.model_id)
+    status = rt.store.registry.model_status(model.model_id)
     if on_total and status is not None:
         on_total(status.missing)
 
@@ -102,7 +102,7 @@ def reembed(
         return data if hashlib.sha256(data).digest() == sha else None
 
     def store(item: tuple[int, str, bytes], vector: Vector) -> str:
-        return "embedded" if rt.store.add_vector(item[0], model.model_id, item[2], vector) else "skipped"
+        return "embedded" if rt.store.registry.add_vector(item[0], model.model_id, item[2], vector) else "skipped"
 
     def one(item: tuple[int, str, bytes]) -> str:
         data = fetch(item)
@@ -148,7 +148,7 @@ def reembed(
     after = -1
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reembed") as pool:
         while True:
-            batch = rt.store.missing_vectors(model.model_id, after_id=after, limit=page)
+            batch = rt.store.registry.missing_vectors(model.model_id, after_id=after, limit=page)
             if not batch:
                 break
             after = batch[-1][0]

@@ -19,8 +19,10 @@ from .blobs import ImageBlobs
 from .db import connect, make_pool
 from .embeddings import EmbeddingProvider, make_provider, provider_config
 from .errors import AppError, SettingError
+from .registry import Model
+from .schema import create_schema
 from .settings import Settings, get_settings
-from .store import Model, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,10 @@ class Runtime:
         with self._lock:
             if not force and time.monotonic() - self._read_at < MODEL_REFRESH_SECONDS:
                 return
-            targets = self.store.target_models()
+            targets = self.store.registry.target_models()
             active = next((m for m in targets if m.state == "active"), None)
             if active is None:
-                active = self.store.ensure_model(
+                active = self.store.registry.ensure_model(
                     self.configured.model_id, self.configured.dimension, provider_config(self.settings)
                 )
                 targets = [active, *[m for m in targets if m.model_id != active.model_id]]
@@ -85,7 +87,7 @@ class Runtime:
         provider = self._providers.get(model.model_id)
         if provider is not None:
             return provider
-        status = self.store.model_status(model.model_id)
+        status = self.store.registry.model_status(model.model_id)
         config = status.config if status else {}
         if not config:
             raise SettingError(
@@ -129,7 +131,7 @@ _runtime: Runtime | None = None
 def open_store(settings: Settings, credential: object | None = None) -> Store:
     """Create the schema if needed (safe to repeat), then open the pool."""
     with connect(settings, credential) as conn:
-        Store.create_schema(conn)
+        create_schema(conn)
     pool = make_pool(settings, credential)
     return Store(
         pool,

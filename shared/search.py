@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 
+from .catalogue import StoredImage
 from .embeddings import EmbeddingProvider, Vector
 from .errors import (
     InvalidImage,
@@ -40,7 +41,9 @@ from .errors import (
     ProviderResponseError,
 )
 from .images import MAX_BYTES, ImageInfo, inspect_image
-from .store import After, Model, SearchFilters, Store, StoredImage
+from .registry import Model
+from .store import Store
+from .vectorsearch import After, SearchFilters
 
 if TYPE_CHECKING:
     from .blobs import ImageBlobs
@@ -536,7 +539,7 @@ class Searcher:
             reason = f": {row.failure_reason}" if row.failure_reason else ""
             raise ImageNotSearchable(f"image {image_id} ({row.name}) could not be indexed{reason}")
         model = self.models.model
-        vector = self.store.get_vector(image_id, model.model_id)
+        vector = self.store.catalogue.get_vector(image_id, model.model_id)
         if vector is None:
             raise ImageNotSearchable(
                 f"image {image_id} ({row.name}) has no vector for model {model.model_id} yet; try again later"
@@ -546,7 +549,7 @@ class Searcher:
     # --- single images ---------------------------------------------------------------------------
     def get_image(self, image_id: int) -> StoredImage:
         """The row of an image of this collection; :class:`ImageNotFound` otherwise."""
-        row = self.store.get_image(image_id)
+        row = self.store.catalogue.get_image(image_id)
         if row is None or (self.container is not None and row.container != self.container):
             raise ImageNotFound(f"no image has the id {image_id}")
         return row
@@ -599,7 +602,7 @@ class Searcher:
         )
         max_distance = None if f.min_score is None else 1.0 - f.min_score
         # One row more than asked tells whether a next page exists.
-        found = self.store.search(
+        found = self.store.vectors.search(
             model,
             vector,
             options.k + 1,

@@ -33,8 +33,10 @@ from scripts.services import (
     start_postgres,
 )
 from shared.blobs import ImageBlobs
+from shared.catalogue import Catalogue as CatalogueWrites
 from shared.db import make_pool
 from shared.runtime import Runtime, build_runtime, set_runtime
+from shared.schema import create_schema
 from shared.settings import Settings
 from shared.store import Store
 from tests.fake_vision import FakeVision
@@ -87,7 +89,7 @@ def database_url(postgres: Postgres) -> Iterator[str]:
     url = postgres.create_database(name)
     try:
         with psycopg.connect(url) as conn:
-            Store.create_schema(conn)
+            create_schema(conn)
         if not postgres.embedded:
             try:
                 check_vectors(postgres, name)
@@ -209,8 +211,8 @@ class Catalogue:
 
         import numpy as np
 
+        from shared.catalogue import ImageRecord
         from shared.images import inspect_image
-        from shared.store import ImageRecord
         from tests.imagegen import image_bytes
 
         data = data if data is not None else image_bytes(colour, size, fmt, seed)
@@ -230,12 +232,14 @@ class Catalogue:
         )
         if upload:
             rt.blobs.upload(name, data, record.content_type)
-        with rt.store.locked(record.container, name) as conn:
-            return Store.save_indexed(conn, record, {rt.model.model_id: np.asarray(vector, dtype=np.float32)})
+        with rt.store.catalogue.locked(record.container, name) as conn:
+            return CatalogueWrites.save_indexed(conn, record, {rt.model.model_id: np.asarray(vector, dtype=np.float32)})
 
     def fail(self, name: str, reason: str = "not an image") -> int:
-        with self.runtime.store.locked(self.runtime.settings.images_container, name) as conn:
-            return Store.save_failure(conn, self.runtime.settings.images_container, name, "InvalidImage", reason)
+        with self.runtime.store.catalogue.locked(self.runtime.settings.images_container, name) as conn:
+            return CatalogueWrites.save_failure(
+                conn, self.runtime.settings.images_container, name, "InvalidImage", reason
+            )
 
 
 @pytest.fixture

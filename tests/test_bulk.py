@@ -7,8 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
+from shared.catalogue import Catalogue, ImageRecord, image_id
 from shared.errors import InvalidInput
-from shared.store import ImageRecord, Store, image_id
+from shared.store import Store
 
 MODEL = "bulk-model:1"
 
@@ -23,44 +24,44 @@ def vectors(n: int, seed: int = 0) -> np.ndarray:
 
 
 def stored(store: Store, name: str) -> np.ndarray | None:
-    return store.get_vector(image_id("images", name), MODEL)
+    return store.catalogue.get_vector(image_id("images", name), MODEL)
 
 
 def test_fresh_import_then_reimport_upserts(store: Store) -> None:
-    model = store.ensure_model(MODEL, 8)
+    model = store.registry.ensure_model(MODEL, 8)
     first = vectors(300)
     records = [rec(f"b{i:03d}.jpg", bytes([i % 256, i // 256])) for i in range(300)]
-    assert store.bulk_upsert(records, first, MODEL, batch_size=128) == 300
-    assert store.count("indexed") == 300
+    assert store.bulk.upsert(records, first, MODEL, batch_size=128) == 300
+    assert store.catalogue.count("indexed") == 300
     assert np.allclose(stored(store, "b007.jpg"), first[7])  # type: ignore[arg-type]
 
     # Re-import with changed bytes for some: one row each, the new vectors, and search finds them.
     second = vectors(300, seed=1)
     changed = [rec(f"b{i:03d}.jpg", b"new" + bytes([i % 256, i // 256])) for i in range(300)]
-    assert store.bulk_upsert(changed, second, MODEL, batch_size=128) == 300
-    assert store.count() == 300
+    assert store.bulk.upsert(changed, second, MODEL, batch_size=128) == 300
+    assert store.catalogue.count() == 300
     assert np.allclose(stored(store, "b007.jpg"), second[7])  # type: ignore[arg-type]
-    hits = store.nearest(model, second[42], 1)
+    hits = store.vectors.nearest(model, second[42], 1)
     assert hits[0].name == "b042.jpg"
 
 
 def test_a_later_record_of_the_same_blob_wins_and_a_failed_row_becomes_indexed(store: Store) -> None:
-    store.ensure_model(MODEL, 8)
-    with store.locked("images", "x.jpg") as conn:
-        Store.save_failure(conn, "images", "x.jpg", "InvalidImage", "was bad")
+    store.registry.ensure_model(MODEL, 8)
+    with store.catalogue.locked("images", "x.jpg") as conn:
+        Catalogue.save_failure(conn, "images", "x.jpg", "InvalidImage", "was bad")
     v = vectors(2, seed=3)
-    assert store.bulk_upsert([rec("x.jpg", b"one"), rec("x.jpg", b"two")], v, MODEL) == 1
-    row = store.get_image(image_id("images", "x.jpg"))
+    assert store.bulk.upsert([rec("x.jpg", b"one"), rec("x.jpg", b"two")], v, MODEL) == 1
+    row = store.catalogue.get_image(image_id("images", "x.jpg"))
     assert row is not None and row.status == "indexed" and row.sha256 == hashlib.sha256(b"two").digest()
     assert np.allclose(stored(store, "x.jpg"), v[1])  # type: ignore[arg-type]
 
 
 def test_bad_input_is_refused(store: Store) -> None:
-    store.ensure_model(MODEL, 8)
+    store.registry.ensure_model(MODEL, 8)
     with pytest.raises(InvalidInput, match="dimensions"):
-        store.bulk_upsert([rec("a.jpg", b"a")], np.ones((1, 4), np.float32), MODEL)
+        store.bulk.upsert([rec("a.jpg", b"a")], np.ones((1, 4), np.float32), MODEL)
     with pytest.raises(InvalidInput, match="one vector per record"):
-        store.bulk_upsert([rec("a.jpg", b"a"), rec("b.jpg", b"b")], vectors(1), MODEL)
+        store.bulk.upsert([rec("a.jpg", b"a"), rec("b.jpg", b"b")], vectors(1), MODEL)
     with pytest.raises(InvalidInput):
-        store.bulk_upsert([rec("a.jpg", b"a")], vectors(1), "unknown:1")
-    assert store.count() == 0
+        store.bulk.upsert([rec("a.jpg", b"a")], vectors(1), "unknown:1")
+    assert store.catalogue.count() == 0

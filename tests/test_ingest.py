@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from shared.blobs import BlobInfo
+from shared.catalogue import image_id
 from shared.cli import main as cli_main
 from shared.errors import DatabaseUnavailable, ProviderUnavailable
 from shared.ingest import Outcome, handle_blob_event, ingest_blob, reconcile
 from shared.runtime import Runtime
-from shared.store import image_id
 from tests.appfns import bindings, handler
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
@@ -79,16 +79,16 @@ def test_uploaded_image_becomes_one_searchable_row_with_its_metadata(runtime: Ru
     upload(runtime, "photos/red.png", data, "image/png", owner="museum")
     deliver(runtime, "photos/red.png")
 
-    row = runtime.store.get_image(image_id(runtime.settings.images_container, "photos/red.png"))
+    row = runtime.store.catalogue.get_image(image_id(runtime.settings.images_container, "photos/red.png"))
     assert row is not None and row.status == "indexed"
     assert (row.content_type, row.width, row.height, row.byte_size) == ("image/png", 120, 80, len(data))
     assert row.metadata == {"owner": "museum"}
     assert row.etag and row.etag.strip('"') and row.last_modified is not None
-    stored = runtime.store.get_vector(row.id, runtime.model.model_id)
+    stored = runtime.store.catalogue.get_vector(row.id, runtime.model.model_id)
     assert stored is not None and np.allclose(stored, FakeVision.vector_for_image(data), atol=1e-6)
     (call,) = fake_vision.calls("image")
     assert call["query"]["model-version"] == "2023-04-15"
-    hits = runtime.store.nearest(runtime.model, runtime.provider.embed_text("something red"), 5)
+    hits = runtime.store.vectors.nearest(runtime.model, runtime.provider.embed_text("something red"), 5)
     assert [h.name for h in hits] == ["photos/red.png"]
 
 
@@ -138,9 +138,9 @@ def test_changed_bytes_are_re_embedded(runtime: Runtime, fake_vision: FakeVision
     deliver(runtime, "x.jpg")
     assert len(fake_vision.calls("image")) == 2
     iid = image_id(runtime.settings.images_container, "x.jpg")
-    stored = runtime.store.get_vector(iid, runtime.model.model_id)
+    stored = runtime.store.catalogue.get_vector(iid, runtime.model.model_id)
     assert stored is not None and np.allclose(stored, FakeVision.vector_for_image(new), atol=1e-6)
-    assert runtime.store.count() == 1
+    assert runtime.store.catalogue.count() == 1
 
 
 def blob_deleted_event(
@@ -197,10 +197,10 @@ def test_bad_files_are_recorded_and_the_invocation_completes(
     upload(runtime, name, data)
     deliver(runtime, name)  # completes: no exception, so the host does not retry
     assert rows(runtime) == {"good.jpg": "indexed", name: "failed"}
-    row = runtime.store.get_image(image_id(runtime.settings.images_container, name))
+    row = runtime.store.catalogue.get_image(image_id(runtime.settings.images_container, name))
     assert row is not None and row.failure_code == code and row.failure_reason
     assert len(fake_vision.calls("image")) == 1  # only the good image reached the service
-    stats = runtime.store.stats()
+    stats = runtime.store.catalogue.stats()
     assert stats["by_status"] == {"failed": 1, "indexed": 1}
     assert stats["failures"][0]["name"] == name
 
@@ -209,7 +209,7 @@ def test_oversized_blob_is_recorded_without_reading_it_whole(runtime: Runtime, f
     big = image_bytes("red") + b"\0" * (20 * 1024 * 1024)
     upload(runtime, "huge.jpg", big)
     deliver(runtime, "huge.jpg")
-    row = runtime.store.get_image(image_id(runtime.settings.images_container, "huge.jpg"))
+    row = runtime.store.catalogue.get_image(image_id(runtime.settings.images_container, "huge.jpg"))
     assert row is not None and row.status == "failed" and row.failure_code == "TooLarge"
     assert row.byte_size == len(big)
     assert fake_vision.calls("image") == []
@@ -222,11 +222,11 @@ def test_an_image_the_service_refuses_is_recorded_and_not_sent_again(runtime: Ru
     upload(runtime, "refused.jpg", image_bytes("red"))
     fake_vision.fail_next(status=400, code="InvalidRequest", inner_code="InvalidImageFormat")
     deliver(runtime, "refused.jpg")
-    row = runtime.store.get_image(image_id(runtime.settings.images_container, "refused.jpg"))
+    row = runtime.store.catalogue.get_image(image_id(runtime.settings.images_container, "refused.jpg"))
     assert row is not None and row.status == "failed" and "InvalidImageFormat" in (row.failure_reason or "")
     deliver(runtime, "refused.jpg")  # delivered again: the same bytes are not sent again
     assert len(fake_vision.calls("image")) == 1
-    row = runtime.store.get_image(image_id(runtime.settings.images_container, "refused.jpg"))
+    row = runtime.store.catalogue.get_image(image_id(runtime.settings.images_container, "refused.jpg"))
     assert row is not None and row.failure_count == 2
     upload(runtime, "refused.jpg", image_bytes("green", (80, 60)))  # fixed bytes: the record clears
     deliver(runtime, "refused.jpg")
@@ -305,7 +305,7 @@ def test_reingesting_identical_bytes_under_a_new_etag_makes_no_call(runtime: Run
     upload(runtime, "same.jpg", data, owner="new-metadata")  # new ETag, same bytes
     assert reconcile(runtime).unchanged == 1
     assert len(fake_vision.calls("image")) == 1
-    row = runtime.store.get_image(image_id(runtime.settings.images_container, "same.jpg"))
+    row = runtime.store.catalogue.get_image(image_id(runtime.settings.images_container, "same.jpg"))
     assert row is not None and row.metadata == {"owner": "new-metadata"}
 
 
@@ -349,7 +349,7 @@ def test_cli_upload_then_reconcile_indexes_a_folder(
 
     assert cli_main(["reconcile"]) == 0
     assert "indexed 240" in capsys.readouterr().out
-    assert runtime.store.count("indexed") == 240
+    assert runtime.store.catalogue.count("indexed") == 240
     calls = len(fake_vision.calls("image"))
     assert calls == 240
     assert cli_main(["reconcile"]) == 0
@@ -368,7 +368,7 @@ def test_blob_info_of_the_trigger_reaches_the_row(runtime: Runtime) -> None:
     ingest_bytes(
         runtime.store, providers_of(runtime), runtime.settings.images_container, "meta.jpg", image_bytes(), info
     )
-    row = runtime.store.get_image(image_id(runtime.settings.images_container, "meta.jpg"))
+    row = runtime.store.catalogue.get_image(image_id(runtime.settings.images_container, "meta.jpg"))
     assert row is not None and row.etag == '"0xABC"' and row.metadata == {"k": "v"}
     assert row.last_modified == datetime(2026, 1, 2, tzinfo=UTC)
 
@@ -384,7 +384,7 @@ def test_a_thumbnail_is_stored_at_ingest_and_removed_with_the_image(runtime: Run
     preview = runtime.blobs.thumbnails.get_blob_client("big/photo.jpg").download_blob().readall()
     img = Image.open(io.BytesIO(preview))
     assert img.format == "JPEG" and max(img.size) == 320 and img.size == (320, 180)
-    row = runtime.store.get_image(image_id(runtime.settings.images_container, "big/photo.jpg"))
+    row = runtime.store.catalogue.get_image(image_id(runtime.settings.images_container, "big/photo.jpg"))
     assert row is not None
     with runtime.store.pool.connection() as conn:
         assert conn.execute("SELECT thumbnail FROM images WHERE id = %s", (row.id,)).fetchone() == (True,)

@@ -90,11 +90,11 @@ def test_moving_a_collection_from_azure_vision_to_the_local_model(runtime: Runti
     assert batches == [4]  # the local model embeds the page in one batch
     assert {r.name for r in searcher.text("red").results[:2]} == {"red-0.jpg", "red-3.jpg"}  # still Vision
 
-    runtime.store.activate("clip:tiny-test")
+    runtime.store.registry.activate("clip:tiny-test")
     runtime.refresh_models(force=True)
     after = searcher.text("red").results
     assert runtime.model.dimension == 64 and {r.name for r in after[:2]} == {"red-0.jpg", "red-3.jpg"}
-    assert runtime.store.drop_model("azure-vision:2023-04-15") == 4
+    assert runtime.store.registry.drop_model("azure-vision:2023-04-15") == 4
 
 
 def test_vectors_of_different_models_cannot_be_compared(runtime: Runtime, tiny_model: Path) -> None:
@@ -109,4 +109,4 @@ def test_vectors_of_different_models_cannot_be_compared(runtime: Runtime, tiny_m
         Searcher(runtime.store, FixedModel(runtime.model, clip), blobs=runtime.blobs).text("red")
     # And a raw vector of the wrong model's size is refused by the store itself.
     with pytest.raises(InvalidInput, match="dimensions"):
-        runtime.store.nearest(runtime.model, clip.embed_text("red"), 5)
+        runtime.store.vectors.nearest(runtime.model, clip.embed_text("red"), 5)

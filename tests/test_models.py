@@ -7,11 +7,11 @@ import time
 
 import pytest
 
+from shared.catalogue import image_id
 from shared.errors import InvalidInput
 from shared.ingest import reconcile
 from shared.models import reembed, register_target, target
 from shared.runtime import Runtime
-from shared.store import image_id
 from tests.fake_vision import FakeVision
 from tests.imagegen import COLOURS, image_bytes
 
@@ -45,7 +45,7 @@ def test_reembed_activate_and_drop_while_search_keeps_answering(runtime: Runtime
             try:
                 runtime.refresh_models(force=True)
                 model = runtime.model
-                hits = runtime.store.nearest(model, runtime.provider_for(model).embed_text("a red thing"), 5)
+                hits = runtime.store.vectors.nearest(model, runtime.provider_for(model).embed_text("a red thing"), 5)
                 answers.append((model.model_id, len(hits)))
             except BaseException as exc:
                 errors.append(exc)
@@ -59,7 +59,7 @@ def test_reembed_activate_and_drop_while_search_keeps_answering(runtime: Runtime
 
         register_target(runtime, goal)
         with pytest.raises(InvalidInput, match="covers 0 of 24"):
-            runtime.store.activate(NEW)
+            runtime.store.registry.activate(NEW)
         # Ingestion now writes both models for a new image.
         runtime.blobs.upload("fresh.jpg", image_bytes("green", seed=99), "image/jpeg")
         assert reconcile(runtime).indexed == 1
@@ -68,14 +68,14 @@ def test_reembed_activate_and_drop_while_search_keeps_answering(runtime: Runtime
         report = reembed(runtime, goal, concurrency=3)
         assert (report.embedded, report.errors) == (24, [])
         assert reembed(runtime, goal).embedded == 0  # resumable: nothing left to do
-        status = runtime.store.model_status(NEW)
+        status = runtime.store.registry.model_status(NEW)
         assert status is not None and (status.covered, status.total, status.model.state) == (25, 25, "building")
         new_calls = [c for c in fake_vision.calls("image") if c["query"]["model-version"] == "2022-04-11"]
         assert len(new_calls) == 25
 
-        active = runtime.store.activate(NEW)
+        active = runtime.store.registry.activate(NEW)
         assert active.model.state == "active"
-        states = {m.model.model_id: m.model.state for m in runtime.store.models()}
+        states = {m.model.model_id: m.model.state for m in runtime.store.registry.models()}
         assert states == {NEW: "active", OLD: "retired"}
         time.sleep(0.2)  # let the search loop answer with the new model
     finally:
@@ -88,22 +88,22 @@ def test_reembed_activate_and_drop_while_search_keeps_answering(runtime: Runtime
     assert any(c["query"]["model-version"] == "2022-04-11" for c in fake_vision.calls("text"))
 
     with pytest.raises(InvalidInput, match="active model"):
-        runtime.store.drop_model(NEW)
-    removed = runtime.store.drop_model(OLD)
+        runtime.store.registry.drop_model(NEW)
+    removed = runtime.store.registry.drop_model(OLD)
     assert removed == 25
-    assert {m.model.model_id for m in runtime.store.models()} == {NEW}
+    assert {m.model.model_id for m in runtime.store.registry.models()} == {NEW}
     with runtime.store.pool.connection() as conn:
         indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'image_vectors'")]
     assert not any("2023-04-15" in d for d in indexes) and any("2022-04-11" in d for d in indexes)
     runtime.refresh_models(force=True)
     assert runtime.model.model_id == NEW
-    assert runtime.store.nearest(runtime.model, runtime.provider.embed_text("red"), 3)
+    assert runtime.store.vectors.nearest(runtime.model, runtime.provider.embed_text("red"), 3)
 
 
 def test_activation_can_be_forced_and_an_unknown_model_is_refused(runtime: Runtime) -> None:
     fill(runtime, 3)
     with pytest.raises(InvalidInput, match="not registered"):
-        runtime.store.activate("nope:1")
+        runtime.store.registry.activate("nope:1")
     register_target(runtime, target(runtime.settings, "azure-vision", "2022-04-11"))
-    status = runtime.store.activate(NEW, force=True)
+    status = runtime.store.registry.activate(NEW, force=True)
     assert status.model.state == "active" and status.covered == 0

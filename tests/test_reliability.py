@@ -32,11 +32,11 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from scripts.services import Postgres
+from shared.catalogue import image_id
 from shared.errors import DatabaseUnavailable, ProviderMisconfigured, ProviderResponseError, ProviderUnavailable
 from shared.ingest import reconcile
 from shared.runtime import Runtime, build_runtime, set_runtime
 from shared.settings import Settings, get_settings
-from shared.store import image_id
 from tests.appfns import handler
 from tests.badfiles import CORPUS, BadFile, Tally
 from tests.fake_vision import FakeVision
@@ -161,7 +161,7 @@ def audit(rt: Runtime, *, failed: dict[str, str] | None = None) -> Audit:
         if status != "indexed" or current != 1 or vectors != 1:
             lost += 1
             continue
-        stored = rt.store.get_vector(image_id(container, name), active)
+        stored = rt.store.catalogue.get_vector(image_id(container, name), active)
         expected = FakeVision.vector_for_image(data, rt.settings.vision_model_version)
         assert stored is not None and np.allclose(stored, expected, atol=1e-5), f"{name}: wrong vector"
         indexed += 1
@@ -188,7 +188,7 @@ def test_bad_input_reaches_a_defined_outcome_and_the_worker_stays_healthy(
     deliver(rt, bad.name)  # no exception: the invocation completes, the host does not retry
     tally.add("hostile_inputs")
 
-    row = rt.store.get_image(image_id(rt.settings.images_container, bad.name))
+    row = rt.store.catalogue.get_image(image_id(rt.settings.images_container, bad.name))
     assert row is not None and row.name == bad.name
     assert row.status == bad.expect, f"{bad.id}: {row.status} ({row.failure_code}: {row.failure_reason})"
     assert row.byte_size == len(data)
@@ -207,7 +207,7 @@ def test_bad_input_reaches_a_defined_outcome_and_the_worker_stays_healthy(
 
     # Delivered again (at-least-once): the same outcome and no second call.
     deliver(rt, bad.name)
-    again = rt.store.get_image(row.id)
+    again = rt.store.catalogue.get_image(row.id)
     assert again is not None and again.status == bad.expect
     assert image_calls(fake_vision) == (1 if bad.via_service or bad.expect == "indexed" else 0)
     if bad.expect == "failed":
@@ -216,7 +216,7 @@ def test_bad_input_reaches_a_defined_outcome_and_the_worker_stays_healthy(
     # The worker is unharmed: a good image still indexes and the health check answers 200.
     upload(rt, "after/good.jpg", image_bytes("green", (64, 48), seed=len(bad.id)))
     deliver(rt, "after/good.jpg")
-    assert rt.store.get_image(image_id(rt.settings.images_container, "after/good.jpg")).status == "indexed"  # type: ignore[union-attr]
+    assert rt.store.catalogue.get_image(image_id(rt.settings.images_container, "after/good.jpg")).status == "indexed"  # type: ignore[union-attr]
     assert health_status() == 200
 
 
@@ -409,7 +409,7 @@ def test_a_fault_of_the_embedding_service_loses_no_image(
     assert elapsed < budget + float(rt.settings.vision_timeout_seconds) + 1.5, "the retry budget holds"
     gaps = [b["monotonic"] - a["monotonic"] for a, b in itertools.pairwise(calls)]
     assert all(g >= fault.min_gap for g in gaps), f"retried sooner than Retry-After: {gaps}"
-    row = rt.store.get_image(image_id(rt.settings.images_container, "victim.jpg"))
+    row = rt.store.catalogue.get_image(image_id(rt.settings.images_container, "victim.jpg"))
 
     if fault.outcome == "indexed":
         assert served == fault.scripted and len(calls) == fault.scripted + 1
@@ -483,7 +483,7 @@ def test_a_failure_while_re_embedding_changed_bytes_keeps_the_previous_version(
     tally.add("faults_injected", len(fake_vision.calls("image")) - 1)
     tally.add("fault_scenarios")
     iid = image_id(rt.settings.images_container, "changing.jpg")
-    kept = rt.store.get_vector(iid, rt.model.model_id)
+    kept = rt.store.catalogue.get_vector(iid, rt.model.model_id)
     assert kept is not None and np.allclose(kept, FakeVision.vector_for_image(old), atol=1e-5)
     fake_vision.reset()
     report = reconcile(rt)  # the timer catches it even if the host gave up
@@ -660,6 +660,6 @@ def test_100_blobs_delivered_3_times_from_8_threads_cost_100_calls(rt: Runtime, 
     calls = len(fake_vision.calls("image"))
     tally.add("concurrent_deliveries", len(order))
     tally.add("concurrent_embedding_calls", calls)
-    assert rt.store.count() == 100
+    assert rt.store.catalogue.count() == 100
     assert calls == 100
     assert audit(rt).indexed == 100

@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.catalogue import Catalogue as CatalogueWrites
+from shared.catalogue import ImageRecord
 from shared.errors import InvalidImage, InvalidInput, ProviderUnavailable
+from shared.registry import Model
 from shared.runtime import Runtime
 from shared.search import (
     EmbeddingCache,
@@ -35,7 +38,8 @@ from shared.search import (
     normalize_text,
     parse_options,
 )
-from shared.store import After, ImageRecord, Model, SearchFilters, Store
+from shared.store import Store
+from shared.vectorsearch import After, SearchFilters
 from tests.conftest import Catalogue
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
@@ -73,7 +77,7 @@ def test_text_query_ranks_by_cosine_similarity_and_links_each_image(
     # score = 1 - cosine distance, against the vector the service gives the text
     q = unit(FakeVision.vector_for_text("a red car").astype(np.float64))
     for r in page.results:
-        v = unit(runtime.store.get_vector(r.id, runtime.model.model_id).astype(np.float64))  # type: ignore[union-attr]
+        v = unit(runtime.store.catalogue.get_vector(r.id, runtime.model.model_id).astype(np.float64))  # type: ignore[union-attr]
         assert r.score == pytest.approx(float(v @ q), abs=1e-5)
     first = page.results[0]
     assert first.url is not None and f"/{runtime.settings.images_container}/{first.name}?" in first.url
@@ -131,8 +135,8 @@ def test_images_of_another_container_are_not_part_of_the_collection(
 ) -> None:
     mine = catalogue.add("mine.png", "red")
     other = ImageRecord("elsewhere", "theirs.png", b"x" * 32, "image/png", 32, 24, 10)
-    with runtime.store.locked("elsewhere", "theirs.png") as conn:
-        theirs = Store.save_indexed(conn, other, {runtime.model.model_id: FakeVision.vector_for_text("red")})
+    with runtime.store.catalogue.locked("elsewhere", "theirs.png") as conn:
+        theirs = CatalogueWrites.save_indexed(conn, other, {runtime.model.model_id: FakeVision.vector_for_text("red")})
     assert [r.id for r in searcher.text("red").results] == [mine]
     with pytest.raises(ImageNotFound):
         searcher.get_image(theirs)
@@ -410,7 +414,7 @@ def corpus(pool: ConnectionPool) -> Iterator[Corpus]:
     with pool.connection() as conn:
         conn.execute("TRUNCATE image_vectors, images, embedding_models")
     store = Store(pool)
-    store.ensure_model(MODEL.model_id, DIM)
+    store.registry.ensure_model(MODEL.model_id, DIM)
     rng = np.random.default_rng(42)
     centers = unit(rng.standard_normal((30, DIM)))
     data = unit(centers[rng.integers(0, 30, N)] + 0.35 * unit(rng.standard_normal((N, DIM))) * rng.random((N, 1)))
@@ -420,7 +424,7 @@ def corpus(pool: ConnectionPool) -> Iterator[Corpus]:
     with pool.connection() as conn, conn.transaction():
         for i, (v, ct) in enumerate(zip(data, types, strict=True)):
             rec = ImageRecord("images", f"img-{i:05d}.jpg", str(i).encode(), str(ct), 64, 48, 1000 + i)
-            ids.append(Store.save_indexed(conn, rec, {MODEL.model_id: v}))
+            ids.append(CatalogueWrites.save_indexed(conn, rec, {MODEL.model_id: v}))
         conn.execute("ANALYZE images")
         conn.execute("ANALYZE image_vectors")
     queries = unit(centers[rng.integers(0, 30, 20)] + 0.3 * unit(rng.standard_normal((20, DIM)))).astype(np.float32)
@@ -433,7 +437,7 @@ class TestTheIndex:
     def test_top_10_agrees_with_an_exact_ranking(self, corpus: Corpus) -> None:
         recalls = []
         for q in corpus.queries:
-            found = corpus.store.search(MODEL, q, 10)
+            found = corpus.store.vectors.search(MODEL, q, 10)
             assert found.strategy == "index"  # 3,000 rows: past the exact-scan threshold
             distances = [h.distance for h in found.hits]
             assert distances == sorted(distances)
@@ -449,7 +453,7 @@ class TestTheIndex:
         filters = SearchFilters(content_types=(content_type,))
         recalls = []
         for q in corpus.queries[:8]:
-            found = corpus.store.search(MODEL, q, 10, filters=filters, strategy=strategy)
+            found = corpus.store.vectors.search(MODEL, q, 10, filters=filters, strategy=strategy)
             assert len(found.hits) == 10
             assert {h.content_type for h in found.hits} == {content_type}
             recalls.append(corpus.recall(q, [h.id for h in found.hits], mask))
@@ -457,34 +461,34 @@ class TestTheIndex:
 
     def test_the_index_path_scans_iteratively_under_a_filter(self, corpus: Corpus) -> None:
         filters = SearchFilters(content_types=("image/png",))
-        plan = corpus.store.explain_nearest(MODEL, corpus.queries[0], 10, filters=filters, strategy="index")
+        plan = corpus.store.vectors.explain_nearest(MODEL, corpus.queries[0], 10, filters=filters, strategy="index")
         assert "Index Scan using image_vectors_hnsw" in plan, plan
-        corpus.store.exact_scan_max_rows = 10  # as if the collection were large
+        corpus.store.vectors.exact_scan_max_rows = 10  # as if the collection were large
         try:
-            found = corpus.store.search(MODEL, corpus.queries[0], 10, filters=filters)
+            found = corpus.store.vectors.search(MODEL, corpus.queries[0], 10, filters=filters)
         finally:
-            del corpus.store.exact_scan_max_rows
+            del corpus.store.vectors.exact_scan_max_rows
         assert len(found.hits) == 10 and found.strategy in ("index", "index+exact")
 
     def test_without_iterative_scans_the_exact_scan_keeps_the_promise(self, corpus: Corpus) -> None:
         # pgvector 0.7 (Cosmos DB for PostgreSQL): the index alone returns too few rows under a 1 % filter.
-        corpus.store._pgvector_version = (0, 7, 0)
+        corpus.store.db._pgvector_version = (0, 7, 0)
         try:
-            found = corpus.store.search(
+            found = corpus.store.vectors.search(
                 MODEL, corpus.queries[0], 10, filters=SearchFilters(content_types=("image/png",)), strategy="index"
             )
         finally:
-            del corpus.store._pgvector_version
+            del corpus.store.db._pgvector_version
         assert len(found.hits) == 10 and {h.content_type for h in found.hits} == {"image/png"}
 
     def test_an_iterative_scan_that_gives_up_falls_back_to_the_exact_scan(self, corpus: Corpus) -> None:
-        corpus.store.max_scan_tuples = 20
+        corpus.store.vectors.max_scan_tuples = 20
         try:
-            found = corpus.store.search(
+            found = corpus.store.vectors.search(
                 MODEL, corpus.queries[1], 10, filters=SearchFilters(content_types=("image/png",)), strategy="index"
             )
         finally:
-            del corpus.store.max_scan_tuples
+            del corpus.store.vectors.max_scan_tuples
         assert found.strategy == "index+exact" and len(found.hits) == 10
         mask = corpus.types == "image/png"
         assert [h.id for h in found.hits] == corpus.exact(corpus.queries[1], mask)
@@ -499,7 +503,7 @@ class TestTheIndex:
         after = None
         last = -1.0
         while True:
-            found = corpus.store.search(MODEL, q, 26, filters=filters, after=after, strategy=strategy)
+            found = corpus.store.vectors.search(MODEL, q, 26, filters=filters, after=after, strategy=strategy)
             page = found.hits[:25]
             assert all(h.distance >= last for h in page)
             seen += [h.id for h in page]
