@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob
 
 from shared import api, http, ingest, ui
 
@@ -13,14 +14,16 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 # --- ingestion -------------------------------------------------------------------------------------
 
 
+# Bound to a BlobClient (SDK-type binding): the host passes which blob changed, not its bytes, so an
+# oversized file is refused from its properties before anything is downloaded.
 @app.blob_trigger(
-    arg_name="blob",
+    arg_name="client",
     path="%IMAGES_CONTAINER%/{name}",
     connection="ImagesStorage",
     source=os.environ.get("BLOB_TRIGGER_SOURCE", "LogsAndContainerScan"),
 )
-def index_image(blob: func.InputStream) -> None:
-    ingest.handle_blob_trigger(blob)
+def index_image(client: blob.BlobClient) -> None:
+    ingest.handle_blob_trigger(client)
 
 
 @app.event_grid_trigger(arg_name="event")

@@ -31,7 +31,7 @@ from bench.common import Services, Stopwatch, log, machine, parser, services, ta
 from shared.bulk import binary_vector_rows
 from shared.catalogue import ImageRecord, image_id
 from shared.db import make_pool
-from shared.schema import create_schema
+from shared.schema import migrate
 from shared.settings import Settings
 from shared.store import Store
 
@@ -105,7 +105,7 @@ def run(n: int, rounds: int, quick: bool) -> dict[str, Any]:
 
 def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
     with svc.connect(autocommit=True) as conn:
-        create_schema(conn)
+        migrate(conn)
         for prefix in ("raw", "fk"):
             conn.execute(f"CREATE TABLE {prefix}_images (LIKE images INCLUDING ALL)")
             conn.execute(f"CREATE TABLE {prefix}_image_vectors (LIKE image_vectors INCLUDING ALL)")

@@ -48,6 +48,7 @@ from bench.common import (
 from shared.embeddings import EmbeddingProvider, Vector
 from shared.images import inspect_image
 from shared.ingest import ingest_bytes
+from shared.maintenance import migrate
 from shared.runtime import Runtime, build_runtime
 from shared.settings import Settings
 from shared.thumbnails import make_thumbnail
@@ -97,9 +98,10 @@ def settings_for(database_url: str, storage: str, fake: FakeVision) -> dict[str,
 
 def ingest_once(rt: Runtime, timed: TimedProvider, name: str, blob: bytes, thumbnails: bool) -> dict[str, float]:
     timed.seconds = 0.0
-    writer = rt.blobs.thumbnail_writer() if thumbnails else None
     with Stopwatch() as t:
-        outcome = ingest_bytes(rt.store, {timed.model_id: timed}, CONTAINER, name, blob, thumbnails=writer)
+        outcome = ingest_bytes(
+            rt.store, {timed.model_id: timed}, CONTAINER, name, blob, blobs=rt.blobs, thumbnails=thumbnails
+        )
     if outcome.outcome != "indexed":
         raise RuntimeError(f"{name} was not indexed: {outcome}")
     return {"total": t.seconds, "embed": timed.seconds, "overhead": t.seconds - timed.seconds}
@@ -188,6 +190,7 @@ def run(per_class: int, quick: bool) -> dict[str, Any]:
     with services(azurite=True) as svc, fake_vision() as fake:
         assert svc.azurite is not None
         env = settings_for(svc.database_url, svc.azurite.connection_string, fake)
+        migrate(Settings(env), say=lambda _: None)
         rt = build_runtime(Settings(env))
         rt.blobs.ensure_container()
         with svc.connect() as conn:
@@ -282,18 +285,19 @@ def memory_child(path: Path, label: str) -> None:
     env = json.loads(os.environ["BENCH_SETTINGS"])
     rt = build_runtime(Settings(env))
     provider = {rt.provider.model_id: rt.provider}
-    writer = rt.blobs.thumbnail_writer()
     small = data.variant(data.image_file(data.SIZE_CLASSES[0], "JPEG", 1), 20_000 + os.getpid())
-    ingest_bytes(rt.store, provider, CONTAINER, f"memory/warmup-{os.getpid()}.jpg", small, thumbnails=writer)
+    ingest_bytes(
+        rt.store, provider, CONTAINER, f"memory/warmup-{os.getpid()}.jpg", small, blobs=rt.blobs, thumbnails=True
+    )
     blob = path.read_bytes()
     gc.collect()
     _reset_peak()
     before = _status("VmRSS")
-    outcome = ingest_bytes(rt.store, provider, CONTAINER, f"memory/{label}-rss", blob, thumbnails=writer)
+    outcome = ingest_bytes(rt.store, provider, CONTAINER, f"memory/{label}-rss", blob, blobs=rt.blobs, thumbnails=True)
     peak = _status("VmHWM")
     gc.collect()
     tracemalloc.start()
-    ingest_bytes(rt.store, provider, CONTAINER, f"memory/{label}-traced", blob, thumbnails=writer)
+    ingest_bytes(rt.store, provider, CONTAINER, f"memory/{label}-traced", blob, blobs=rt.blobs, thumbnails=True)
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     rt.close()

@@ -38,7 +38,7 @@ from shared.catalogue import image_id
 from shared.db import make_pool
 from shared.embeddings import Vector
 from shared.registry import Model
-from shared.schema import create_schema
+from shared.schema import migrate
 from shared.search import Filters, FixedModel, Options, Searcher
 from shared.settings import Settings
 from shared.store import Store
@@ -153,7 +153,7 @@ def run(n: int, queries: int, quick: bool, kinds: Sequence[str]) -> dict[str, An
 def bench(url: str, kind: str, n: int, nq: int, *, filtered_too: bool, rebuilds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"kind": kind}
     with psycopg.connect(url, autocommit=True) as conn:
-        create_schema(conn)
+        migrate(conn)
     pool = make_pool(Settings({"DATABASE_URL": url}))
     pool.wait()
     store = Store(pool)

@@ -28,6 +28,7 @@ from typing import Any
 from bench import data
 from bench.common import Stopwatch, fake_vision, log, machine, parser, services, table, write_json
 from shared.ingest import reconcile
+from shared.maintenance import migrate
 from shared.ratelimit import RateLimiter, RateLimitTimeout
 from shared.runtime import build_runtime
 from shared.settings import Settings
@@ -113,6 +114,7 @@ def run(images: int, quick: bool) -> dict[str, Any]:
         }
         with svc.connect() as conn:
             result["machine"] = machine(conn)
+        migrate(Settings(base), say=lambda _: None)
         setup = build_runtime(Settings(base))
         setup.blobs.ensure_container()
         log(f"uploading the backlog to Azurite container {CONTAINER!r}")
@@ -129,7 +131,7 @@ def run(images: int, quick: bool) -> dict[str, Any]:
         for concurrency, rate in modes:
             label = f"{concurrency} threads, " + (f"limiter at {rate:g}/s" if rate else "retries only (no limiter)")
             with svc.connect(autocommit=True) as conn:
-                conn.execute("TRUNCATE image_vectors, images")
+                conn.execute("TRUNCATE image_vectors, images, ingest_claims")
             settings = {**base, "VISION_MAX_REQUESTS_PER_SECOND": str(rate or 0)}
             rt = build_runtime(Settings(settings))
             fake.reset()

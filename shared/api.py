@@ -40,6 +40,7 @@ from .errors import (
 )
 from .http import error_response, json_response, retry_after_header, unexpected
 from .runtime import Runtime, get_runtime
+from .schema import SchemaOutdated
 from .search import (
     MAX_IMAGE_BYTES,
     OPTION_NAMES,
@@ -196,6 +197,11 @@ def _app_error(exc: AppError, where: str) -> func.HttpResponse:
     if isinstance(exc, ProviderResponseError | ProviderMisconfigured):
         log.error("embedding service failure in %s: %s", where, exc.message)
         return error_response(502, exc.code, "the embedding service failed to answer this query; the operator is told")
+    if isinstance(exc, SchemaOutdated):
+        log.error("database not migrated in %s: %s", where, exc.message)
+        return error_response(
+            503, exc.code, "the service is being upgraded; try again later", headers=retry_after_header(60)
+        )
     if isinstance(exc, DatabaseUnavailable):
         log.warning("database unavailable in %s: %s", where, exc.message)
         return error_response(

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
-    HttpResponseError,
     ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -100,29 +101,23 @@ class ImageBlobs:
                     with contextlib.suppress(ResourceExistsError):
                         client.create_container()
 
-    def thumbnail_writer(self) -> Callable[[str, bytes], None] | None:
-        """A function that makes and stores the thumbnail of an image, or None without a thumbnails container."""
+    def put_thumbnail(self, name: str, preview: bytes) -> None:
+        """Store the preview of an image (made by :func:`shared.thumbnails.make_thumbnail`)."""
         if self.thumbnails is None:
-            return None
-        thumbnails = self.thumbnails
+            return
+        from azure.storage.blob import ContentSettings
 
-        def write(name: str, data: bytes) -> None:
-            from azure.storage.blob import ContentSettings
+        from .thumbnails import THUMBNAIL_CONTENT_TYPE
 
-            from .thumbnails import THUMBNAIL_CONTENT_TYPE, make_thumbnail
-
-            preview = make_thumbnail(data)
-            with _storage_errors(f"storing the thumbnail of {name}"):
-                thumbnails.upload_blob(
-                    name,
-                    preview,
-                    overwrite=True,
-                    content_settings=ContentSettings(
-                        content_type=THUMBNAIL_CONTENT_TYPE, cache_control="private, max-age=3600"
-                    ),
-                )
-
-        return write
+        with _storage_errors(f"storing the thumbnail of {name}"):
+            self.thumbnails.upload_blob(
+                name,
+                preview,
+                overwrite=True,
+                content_settings=ContentSettings(
+                    content_type=THUMBNAIL_CONTENT_TYPE, cache_control="private, max-age=3600"
+                ),
+            )
 
     def delete_thumbnail(self, name: str) -> None:
         if self.thumbnails is not None:
@@ -157,32 +152,32 @@ class ImageBlobs:
         )
 
     def read(self, name: str, limit: int) -> tuple[bytes, BlobInfo]:
-        """The blob's bytes, reading at most ``limit + 1`` bytes so an oversized blob is never loaded whole."""
-        with _storage_errors(f"reading {name}"):
-            try:
-                downloader = self.container.get_blob_client(name).download_blob(offset=0, length=limit + 1)
-            except ResourceNotFoundError:
-                raise BlobGone(f"blob {name} no longer exists") from None
-            except HttpResponseError as exc:
-                if exc.status_code != 416:
-                    raise
-                # Storage refuses any range of an empty blob (416 InvalidRange): it has no bytes to read.
-                empty = self.properties(name)
-                if empty is None:
+        """The blob's bytes and properties, never more than ``limit`` bytes of it.
+
+        The properties come first: a blob larger than ``limit`` is answered with no bytes at all (its
+        ``info.size`` says why), so a 2 GB file dropped into the container by mistake costs one HEAD.
+        Otherwise one ranged read, on condition that the blob is still the version those properties
+        describe (the bytes and the ETag always belong together); a blob replaced in between is read again.
+        """
+        for _ in range(3):
+            info = self.properties(name)
+            if info is None:
+                raise BlobGone(f"blob {name} no longer exists")
+            if info.size > limit:
+                return b"", info
+            if info.size == 0:
+                return b"", info  # Storage refuses any range of an empty blob (416)
+            with _storage_errors(f"reading {name}"):
+                try:
+                    downloader = self.container.get_blob_client(name).download_blob(
+                        offset=0, length=info.size, etag=info.etag, match_condition=MatchConditions.IfNotModified
+                    )
+                    return downloader.readall(), info
+                except ResourceNotFoundError:
                     raise BlobGone(f"blob {name} no longer exists") from None
-                return b"", empty
-            data = downloader.readall()
-            p = downloader.properties
-        size = _total_size(p, len(data))
-        info = BlobInfo(
-            name=name,
-            size=size,
-            etag=normalize_etag(p.etag),
-            last_modified=p.last_modified,
-            content_type=p.content_settings.content_type if p.content_settings else None,
-            metadata=dict(p.metadata or {}),
-        )
-        return data, info
+                except ResourceModifiedError:
+                    continue  # replaced between the HEAD and the read: read the new version
+        raise StorageUnavailable(f"blob {name} kept changing while it was read; try again")
 
     def upload(self, name: str, data: bytes, content_type: str, *, overwrite: bool = True) -> None:
         from azure.storage.blob import ContentSettings
@@ -242,16 +237,6 @@ class ImageBlobs:
                 self._delegation_expiry = key_expiry
             assert self._delegation_key is not None
             return self._delegation_key
-
-
-def _total_size(props: Any, read: int) -> int:
-    # With a ranged read, size is the range; Content-Range carries the whole blob's size.
-    content_range = getattr(props, "content_range", None)
-    if content_range and "/" in content_range:
-        total = content_range.rsplit("/", 1)[1]
-        if total.isdigit():
-            return int(total)
-    return int(getattr(props, "size", None) or read)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import AppError, SettingError, TransientError
-from .schema import create_schema
+from .schema import SchemaOutdated
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -38,13 +38,40 @@ def load_local_settings(path: Path = Path("local.settings.json")) -> dict[str, s
     return env
 
 
-def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
-    from .db import connect
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from .maintenance import migrate
 
-    with connect(settings) as conn:
-        citus = create_schema(conn)
-    where = "Citus cluster (tables distributed)" if citus else "single node"
-    print(f"schema ready on {where}")
+    result = migrate(settings, prepare_model=not args.schema_only)
+    where = "Citus cluster (tables distributed)" if result.schema.citus else "single node"
+    if result.schema.applied:
+        print(f"schema migrated from version {result.schema.before} to {result.schema.after} on {where}")
+    else:
+        print(f"schema is current (version {result.schema.after}) on {where}")
+    if result.model is not None:
+        state = "active" if result.model.state == "active" else result.model.state
+        built = f"; index {result.built} built" if result.built else ""
+        print(f"model {result.model.model_id} is registered ({state}){built}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from .maintenance import reindex
+
+    result = reindex(settings, model_id=args.model)
+    if not result.rebuilt:
+        print("every index matches the settings: nothing to rebuild")
+    else:
+        print(f"rebuilt {', '.join(result.rebuilt)}; dropped {len(result.dropped)} old index(es)")
+    return 0
+
+
+def cmd_grant_app_role(settings: Settings, args: argparse.Namespace) -> int:
+    from .maintenance import grant_app_role
+
+    for statement in grant_app_role(settings, args.role):
+        print(statement)
     return 0
 
 
@@ -150,11 +177,11 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     from .runtime import open_store
 
-    store = open_store(settings)  # creates the schema if needed, so a new database shows zeros
+    store = open_store(settings)
     try:
         stats = store.catalogue.stats(recent_failures=args.failures)
     finally:
-        store.pool.close()
+        store.close()
     print("images by status:")
     for status, n in sorted(stats["by_status"].items()) or [("(none)", 0)]:
         print(f"  {status:<10} {n:>8}")
@@ -230,11 +257,9 @@ def cmd_activate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_drop_model(settings: Settings, args: argparse.Namespace) -> int:
-    rt = _runtime(settings)
-    try:
-        removed = rt.store.registry.drop_model(args.model)
-    finally:
-        rt.close()
+    from .maintenance import drop_model
+
+    removed = drop_model(settings, args.model)
     print(f"dropped {args.model}: {removed} vectors and its index removed")
     return 0
 
@@ -308,8 +333,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (never secrets)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("init-db", help="create the extension, tables and indexes (safe to run again)")
-    p.set_defaults(func=cmd_init_db)
+    for command in ("migrate", "init-db"):
+        p = sub.add_parser(
+            command,
+            help="create or upgrade the schema and prepare the configured model and its index (safe to run again)"
+            + ("; an alias of migrate" if command == "init-db" else ""),
+        )
+        p.add_argument("--schema-only", action="store_true", help="leave the model and its index alone")
+        p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("reindex", help="rebuild model indexes whose HNSW settings changed (search keeps answering)")
+    p.add_argument("--model", help="only this model (default: the active one and any being built)")
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("grant-app-role", help="grant the app's database role what it needs at run time, no more")
+    p.add_argument("role", help="the role's name (in Azure: the Function App's name)")
+    p.set_defaults(func=cmd_grant_app_role)
 
     p = sub.add_parser("upload", help="upload files or folders (recursively) to the images container")
     p.add_argument("paths", nargs="+", metavar="PATH")
@@ -370,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings(load_local_settings())
         return int(args.func(settings, args))
     except SettingError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except SchemaOutdated as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     except TransientError as exc:

@@ -8,10 +8,11 @@ vectorsearch); this module only knows how to connect.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -30,11 +31,12 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError
 
 def connection_kwargs(settings: Settings, credential: object | None = None) -> Callable[[], dict[str, Any]]:
     """Keyword arguments for each new connection; with ``DATABASE_AUTH=entra`` a fresh token as password."""
+    from psycopg.conninfo import conninfo_to_dict
+
     base: dict[str, Any] = {"application_name": "image-search", "connect_timeout": 10}
+    base.update(_trust_store(conninfo_to_dict(settings.database_url)))
     if settings.database_auth == "password":
         return lambda: dict(base)
-
-    from psycopg.conninfo import conninfo_to_dict
 
     from .auth import POSTGRES_SCOPE, CachedToken
 
@@ -42,7 +44,7 @@ def connection_kwargs(settings: Settings, credential: object | None = None) -> C
         raise SettingError(
             "DATABASE_URL",
             "has no user name: with DATABASE_AUTH=entra put the Entra principal's name in the URL "
-            "(postgresql://<principal>@<server>.postgres.database.azure.com/<db>?sslmode=require)",
+            "(postgresql://<principal>@<server>.postgres.database.azure.com/<db>?sslmode=verify-full&sslrootcert=system)",
         )
     if credential is None:
         from azure.identity import DefaultAzureCredential
@@ -52,10 +54,31 @@ def connection_kwargs(settings: Settings, credential: object | None = None) -> C
     return lambda: {**base, "password": token.get()}
 
 
-def connect(settings: Settings, credential: object | None = None) -> psycopg.Connection[Any]:
-    """One connection outside the pool (schema creation, CLI)."""
+def _trust_store(params: dict[str, Any]) -> dict[str, Any]:
+    """``sslrootcert=system`` means the operating system's CA certificates; the libpq inside
+    psycopg[binary] carries its own OpenSSL, which looks for them in a folder of its own and finds
+    none unless SSL_CERT_FILE or SSL_CERT_DIR says where they are. Then certifi's bundle (Mozilla's
+    roots, which hold the CAs of Azure Database for PostgreSQL) stands in for them."""
+    if (
+        str(params.get("sslrootcert", "")) != "system"
+        or os.environ.get("SSL_CERT_FILE")
+        or os.environ.get("SSL_CERT_DIR")
+    ):
+        return {}
+    import certifi
+
+    return {"sslrootcert": certifi.where()}
+
+
+def connect(
+    settings: Settings, credential: object | None = None, *, connect_timeout: int | None = None
+) -> psycopg.Connection[Any]:
+    """One connection outside the pool (migrations, health, CLI)."""
+    kwargs = connection_kwargs(settings, credential)()
+    if connect_timeout is not None:
+        kwargs["connect_timeout"] = connect_timeout
     try:
-        return psycopg.connect(settings.database_url, **connection_kwargs(settings, credential)())
+        return psycopg.connect(settings.database_url, **kwargs)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to the database in DATABASE_URL: {_first_line(exc)}") from exc
 
@@ -65,18 +88,57 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.commit()  # configure must leave the connection idle
 
 
-def make_pool(settings: Settings, credential: object | None = None, *, min_size: int = 1) -> ConnectionPool:
-    """Open a pool; the ``vector`` extension must already exist (the adapter is registered per connection)."""
+def _configure_search(conn: psycopg.Connection[Any]) -> None:
+    register_vector(conn)
+    # Autocommit: a search is one statement, with no BEGIN and COMMIT round trips around it.
+    conn.commit()
+    conn.autocommit = True
+
+
+# A search someone waits for gives up on the database after this long (503 + Retry-After), instead of
+# queueing behind a pool that cannot serve it; ingestion waits longer (the host retries it anyway).
+SEARCH_POOL_TIMEOUT: Final = 3.0
+WORK_POOL_TIMEOUT: Final = 30.0
+SEARCH_CONNECT_TIMEOUT: Final = 3
+
+
+def pool_sizes(total: int) -> tuple[int, int]:
+    """(work, search) connections out of ``DATABASE_POOL_MAX``: searches get half, and never fewer than
+    one of their own, so ingestion can never hold every connection a search needs."""
+    if total < 2:
+        return 1, 0  # one connection in all: searches share it
+    search = max(1, total // 2)
+    return total - search, search
+
+
+def make_pool(
+    settings: Settings, credential: object | None = None, *, min_size: int = 1, role: str = "work"
+) -> ConnectionPool:
+    """Open a pool; the ``vector`` extension must already exist (the adapter is registered per connection).
+
+    ``role``: ``work`` (ingestion, reconcile, commands; the default) or ``search`` (autocommit, a short
+    wait for a connection and a bounded queue, see :data:`SEARCH_POOL_TIMEOUT`). Both pools together
+    hold at most ``DATABASE_POOL_MAX`` connections, see :func:`pool_sizes`; a pool opens connections
+    only as it needs them beyond ``min_size``."""
+    work, search = pool_sizes(settings.database_pool_max)
+    kwargs = connection_kwargs(settings, credential)
+    if role == "search":
+        size = max(1, search)
+        base = kwargs
+        kwargs = lambda: {**base(), "connect_timeout": SEARCH_CONNECT_TIMEOUT}  # noqa: E731
+    else:
+        size = work if role == "work" else settings.database_pool_max
     pool = ConnectionPool(
         settings.database_url,
-        kwargs=connection_kwargs(settings, credential),
-        min_size=min(min_size, settings.database_pool_max),
-        max_size=settings.database_pool_max,
-        configure=_configure,
+        kwargs=kwargs,
+        min_size=min(min_size, size),
+        max_size=size,
+        configure=_configure_search if role == "search" else _configure,
         check=ConnectionPool.check_connection,  # a server restart must not hand out dead connections
-        timeout=30,
+        timeout=SEARCH_POOL_TIMEOUT if role == "search" else WORK_POOL_TIMEOUT,
+        max_waiting=8 * size if role == "search" else 0,
         reconnect_timeout=60,
-        name="image-search",
+        name=f"image-search-{role}",
         open=False,
     )
     pool.open(wait=False)
@@ -104,8 +166,11 @@ class Database:
     _citus: bool | None = None
     _pgvector_version: tuple[int, ...] | None = None
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, search_pool: ConnectionPool | None = None) -> None:
         self.pool = pool
+        # Searches take their connections from a pool of their own (short timeout, bounded queue), so
+        # that ingestion can never hold every connection a search needs; one pool when not given.
+        self.search_pool = search_pool or pool
 
     def is_citus(self) -> bool:
         if self._citus is None:

@@ -17,6 +17,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+# Health answers within a few seconds even when the database host does not answer at all.
+HEALTH_CONNECT_TIMEOUT = 5
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -88,23 +90,26 @@ def health(req: func.HttpRequest, settings: Settings | None = None) -> func.Http
 
 def _database_check(settings: Settings) -> dict[str, Any]:
     from .db import connect
+    from .schema import check_schema
 
-    with connect(settings) as conn:
+    with connect(settings, connect_timeout=HEALTH_CONNECT_TIMEOUT) as conn:
         vector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-        tables = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE tablename IN ('images', 'image_vectors', 'embedding_models')"
-        ).fetchone()
-        schema = bool(tables and tables[0] == 3)
+        status = check_schema(conn)
         active = None
-        if schema:
+        if status.version >= 1:
             row = conn.execute("SELECT model_id FROM embedding_models WHERE state = 'active'").fetchone()
             active = row[0] if row else None
     result: dict[str, Any] = {
-        "ok": vector is not None and schema,
+        "ok": vector is not None and status.ok and active is not None,
         "pgvector": vector[0] if vector else None,
-        "schema": schema,
+        "schema": status.version >= 1,
+        "schema_version": status.version,
+        "schema_version_required": status.latest,
         "active_model": active,
     }
-    if not result["ok"]:
-        result["error"] = "schema missing: run `python -m shared.cli init-db` (the app also creates it on first use)"
+    problem = status.problem()
+    if problem is None and active is None:
+        problem = "no active embedding model: run `python -m shared.cli migrate` (it prepares the configured model)"
+    if problem is not None:
+        result["error"] = problem
     return result

@@ -1,38 +1,63 @@
 """Ingestion: every uploaded image becomes searchable once, correctly, and nothing is lost.
 
-- Idempotent under at-least-once delivery: the blob's advisory lock serialises concurrent
-  deliveries, and bytes already embedded (same sha256, same model) are never sent to the service again.
-- Permanent failures (not an image, too large, refused by the service) are recorded on the blob's row
-  with their reason, and the invocation completes, so the host does not retry them forever.
-- Transient failures (throttling, outages, database) propagate after the provider's bounded retries:
-  the invocation fails, the host retries it and finally reports a poison blob.
+How one blob is indexed (:func:`ingest_bytes`):
+1. **Check and claim**, in one short transaction: bytes already indexed (same sha256, every wanted
+   model) or already refused are answered at once; otherwise the delivery claims (image, sha256) with a
+   lease. A concurrent delivery of the same bytes finds the claim and waits, holding no connection,
+   until the claimant has written (then it has nothing to do) or given up (then it takes over). So
+   three deliveries at once cost one embedding call. A claim is a row with an expiry, not a lock: a
+   worker that dies mid-call leaves a claim that simply expires.
+2. **Validate and embed**, with no database connection held (the call may take a minute of retries).
+3. **Write**, in one short transaction, conditional on not going backwards: a row written from a
+   newer Last-Modified is never replaced by an older one.
+4. **Ask Storage** what the blob is now, before and after writing: a delivery of bytes that are no
+   longer the blob's (overwritten, or deleted) writes nothing, or takes back what it wrote. This
+   closes the gaps Last-Modified leaves (one-second resolution) and makes deletes stick: a late
+   delivery cannot bring back a deleted blob.
+
+Failures: permanent ones (not an image, too large, refused by the service) are recorded on the blob's
+row with their reason, and the invocation completes, so the host does not retry them forever.
+Transient ones (throttling, outages, database) propagate after the provider's bounded retries: the
+invocation fails, the host retries it and finally reports a poison blob.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from datetime import datetime
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .blobs import BlobGone, BlobInfo, ImageBlobs, normalize_etag
-from .catalogue import Catalogue, ImageRecord
+from .blobs import BlobGone, BlobInfo, ImageBlobs
+from .catalogue import Check, ImageRecord, SeenVersion
 from .embeddings import EmbeddingProvider, Vector
-from .errors import AppError, InvalidImage, PermanentError, ProviderMisconfigured, TransientError
+from .errors import InvalidImage, PermanentError, ProviderMisconfigured, TransientError
 from .images import MAX_BYTES, inspect_image
 from .store import Store
+from .thumbnails import make_thumbnail
 
 if TYPE_CHECKING:
     import azure.functions as func
+    from azure.storage.blob import BlobClient
 
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# How long a claim on (image, bytes) lasts when its holder says nothing more: longer than the slowest
+# embedding a worker may wait for (the provider's retry budget), so a live claimant never loses it.
+DEFAULT_CLAIM_SECONDS: Final = 180.0
+# How often a delivery waiting for another delivery of the same bytes looks again (jittered).
+CLAIM_POLL_SECONDS: Final = 0.25
+# A delivery that finds its write overtaken (the blob changed while it worked) starts over with the
+# blob's current bytes at most this many times; the newer version's own delivery does the rest.
+MAX_ROUNDS: Final = 3
 
 
 @dataclass(frozen=True)
@@ -40,7 +65,7 @@ class Outcome:
     """What happened to one blob; logged as one structured line."""
 
     name: str
-    outcome: str  # indexed | unchanged | failed | deleted | skipped
+    outcome: str  # indexed | unchanged | failed | deleted | superseded | skipped
     embedded: bool = False
     bytes: int = 0
     duration_ms: float = 0.0
@@ -58,12 +83,24 @@ def log_outcome(o: Outcome) -> None:
     }
     if o.code:
         fields["code"] = o.code
+    if o.reason:
         fields["reason"] = o.reason
     level = logging.WARNING if o.outcome == "failed" else logging.INFO
     log.log(level, "ingest " + " ".join(f"{k}={v!r}" for k, v in fields.items()), extra={"custom_dimensions": fields})
 
 
-ThumbnailWriter = Callable[[str, bytes], None]
+class BlobState(Protocol):
+    """What ingestion asks Storage: the blob's current version, and its bytes (at most ``limit``)."""
+
+    def properties(self, name: str) -> BlobInfo | None: ...
+
+    def read(self, name: str, limit: int) -> tuple[bytes, BlobInfo]: ...
+
+    def put_thumbnail(self, name: str, preview: bytes) -> None: ...
+
+
+# Previews are made on these threads while the calling thread waits for the embedding service.
+_PREVIEWS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="thumbnail")
 
 
 def ingest_bytes(
@@ -74,119 +111,234 @@ def ingest_bytes(
     data: bytes,
     info: BlobInfo | None = None,
     *,
-    thumbnails: ThumbnailWriter | None = None,
+    blobs: BlobState | None = None,
+    thumbnails: bool = False,
+    claim_seconds: float = DEFAULT_CLAIM_SECONDS,
+    fresh: bool = False,
 ) -> Outcome:
     """Index one blob's bytes under every model in ``providers``; see the module docstring for the rules.
 
-    ``thumbnails(name, data)``, when given, stores a preview of new bytes; it runs beside the embedding
-    call (so it costs no time when that call is slower), inside the blob's lock (so an older preview
-    never overwrites a newer one). Its failure is logged and never fails the ingestion: search then
-    links the original.
+    ``blobs`` (the container) lets ingestion ask Storage which version is current before and after
+    writing, and store the thumbnail (with ``thumbnails``); without it (benchmarks, imports of bytes
+    at hand) writes are ordered by Last-Modified alone. ``fresh``: ``data`` and ``info`` were just read
+    from Storage (no need to ask again whether they are current). A preview is made beside the embedding call and
+    stored only once the write is known to be current, so an older preview never replaces a newer one;
+    its failure is logged and never fails the ingestion (search then links the original).
     """
     started = time.perf_counter()
-    size = info.size if info is not None and info.size else len(data)
-    sha = hashlib.sha256(data[: MAX_BYTES + 1]).digest()
-    with store.catalogue.locked(container, name) as conn:
-        outcome, extra, preview = _ingest_locked(conn, providers, container, name, data, sha, size, info, thumbnails)
-    # Logged only now: the transaction has committed.
-    result = Outcome(name, outcome, bytes=size, duration_ms=(time.perf_counter() - started) * 1000, **extra)
-    if outcome == "indexed" and preview:
-        try:
-            store.catalogue.mark_thumbnail(container, name, sha)
-        except TransientError as exc:
-            log.warning("thumbnail of %s stored but not noted: %s", name, exc.message)
-    log_outcome(result)
-    return result
+    outcome = _Ingestion(store, providers, container, blobs, thumbnails, claim_seconds).run(name, data, info, fresh)
+    outcome = replace(outcome, duration_ms=(time.perf_counter() - started) * 1000)
+    log_outcome(outcome)
+    return outcome
 
 
-# Previews are made on these threads while the calling thread waits for the embedding service.
-_PREVIEWS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="thumbnail")
+@dataclass
+class _Ingestion:
+    store: Store
+    providers: Mapping[str, EmbeddingProvider]
+    container: str
+    blobs: BlobState | None
+    thumbnails: bool
+    claim_seconds: float
 
+    def run(self, name: str, data: bytes, info: BlobInfo | None, fresh: bool) -> Outcome:
+        for _ in range(MAX_ROUNDS):
+            outcome, current = self._once(name, data, info, fresh)
+            if outcome is not None:
+                return outcome
+            # The blob changed while this delivery worked, and what it wrote may now hide the newer
+            # version: index what the blob holds now.
+            assert self.blobs is not None and current is not None
+            try:
+                data, info = self.blobs.read(name, MAX_BYTES)
+            except BlobGone:
+                return self._gone(name, info)
+            fresh = True
+        return Outcome(name, "superseded", reason="the blob kept changing; its newest delivery indexes it")
 
-def _preview_done(pending: Future[None] | None, name: str) -> bool:
-    if pending is None:
-        return False
-    try:
-        pending.result()
-        return True
-    except Exception as exc:  # a preview is a convenience: never lose the image over it
-        log.warning("thumbnail for %s not stored: %s", name, exc)
-        return False
-
-
-def _ingest_locked(
-    conn: Any,
-    providers: Mapping[str, EmbeddingProvider],
-    container: str,
-    name: str,
-    data: bytes,
-    sha: bytes,
-    size: int,
-    info: BlobInfo | None,
-    thumbnails: ThumbnailWriter | None = None,
-) -> tuple[str, dict[str, Any], bool]:
-    etag = info.etag if info else None
-    modified = info.last_modified if info else None
-    current = Catalogue.current(conn, container, name)
-    have: set[str] = set()
-    if current is not None and current.sha256 == sha:
-        if current.status == "failed":
-            # The same bytes failed permanently before: don't pay for the same refusal again.
-            Catalogue.save_failure(
-                conn,
-                container,
-                name,
-                current.failure_code or "Failed",
-                current.failure_reason or "",
-                sha256=sha,
-                byte_size=size,
-                etag=etag,
-                last_modified=modified,
-            )
-            return "failed", {"code": current.failure_code, "reason": current.failure_reason}, False
-        have = Catalogue.vector_models(conn, container, name, sha)
-        if set(providers) <= have:
-            changed = (etag, modified) != (current.etag, current.last_modified)
-            if changed or (info is not None and info.metadata != current.metadata):
-                kept = (current.content_type or "", current.width or 0, current.height or 0)
-                Catalogue.save_indexed(conn, _record(container, name, sha, kept, info, current.byte_size), {})
-            return "unchanged", {}, False
-
-    try:
+    def _once(
+        self, name: str, data: bytes, info: BlobInfo | None, fresh: bool
+    ) -> tuple[Outcome | None, BlobInfo | None]:
+        size = info.size if info is not None and info.size else len(data)
+        if self.blobs is not None and info is not None and info.etag is not None and not fresh:
+            # Bytes handed over by a caller may be a late delivery of a version Storage no longer has.
+            now = self.blobs.properties(name)
+            stale = self._stale(name, info, now, size)
+            if stale is not None:
+                return stale, None
         if size > MAX_BYTES or len(data) > MAX_BYTES:
-            raise InvalidImage(
-                f"the file is {size:,} bytes; the embedding service takes at most {MAX_BYTES:,}", code="TooLarge"
-            )
-        image = inspect_image(data)
-        pending = _PREVIEWS.submit(thumbnails, name, data) if thumbnails is not None else None
+            return self._too_large(name, size, info), None
+        sha = hashlib.sha256(data).digest()
+        owner = uuid.uuid4()
+        check = self._claim(name, sha, owner, info)
+        if check.state == "unchanged":
+            return Outcome(name, "unchanged", bytes=size), None
+        if check.state == "failed":
+            current = check.current
+            return Outcome(
+                name,
+                "failed",
+                bytes=size,
+                code=current.failure_code if current else None,
+                reason=current.failure_reason if current else None,
+            ), None
         try:
-            vectors: dict[str, Vector] = {
-                model_id: provider.embed_image(data) for model_id, provider in providers.items() if model_id not in have
-            }
-        finally:
-            preview = _preview_done(pending, name)
-    except ProviderMisconfigured:
-        raise  # the service refused *us*, not the image: fail loudly so the host retries
-    except PermanentError as exc:
-        Catalogue.save_failure(
-            conn,
-            container,
+            image = inspect_image(data)
+            pending = _PREVIEWS.submit(make_thumbnail, data) if self.thumbnails and self.blobs is not None else None
+            try:
+                vectors: dict[str, Vector] = {
+                    model_id: provider.embed_image(data)
+                    for model_id, provider in self.providers.items()
+                    if model_id not in check.have
+                }
+            finally:
+                preview = _preview(pending, name)
+        except ProviderMisconfigured:
+            self._release(name, sha, owner)
+            raise  # the service refused *us*, not the image: fail loudly so the host retries
+        except PermanentError as exc:
+            return self._failed(name, sha, size, info, owner, exc), None
+        except BaseException:
+            self._release(name, sha, owner)  # the next delivery takes over at once, not at the lease's end
+            raise
+
+        record = _record(self.container, name, sha, (image.content_type, image.width, image.height), info, size)
+        if self.blobs is not None and info is not None and info.etag is not None:
+            now = self.blobs.properties(name)
+            if now is None or now.etag != info.etag:
+                self._release(name, sha, owner)
+                stale = self._stale(name, info, now, size)
+                return stale or Outcome(name, "superseded", bytes=size), None
+        if self.store.catalogue.save_indexed(record, vectors, owner=owner) is None:
+            return Outcome(name, "superseded", bytes=size, reason="a newer version is indexed"), None
+        if self.blobs is not None and info is not None and info.etag is not None:
+            now = self.blobs.properties(name)
+            if now is None:
+                # Deleted while this delivery wrote: take the write back (the delete may have run first).
+                self.store.catalogue.delete_version(self.container, name, info.etag)
+                self._drop_thumbnail(name)
+                return Outcome(name, "deleted", bytes=size, reason="the blob was deleted while it was indexed"), None
+            if now.etag != info.etag:
+                return None, now  # overtaken: start over with the current bytes
+        if preview is not None:
+            self._store_preview(name, sha, preview)
+        return Outcome(name, "indexed", embedded=bool(vectors), bytes=size), None
+
+    # --- the steps ---------------------------------------------------------------------------------
+    def _claim(self, name: str, sha: bytes, owner: uuid.UUID, info: BlobInfo | None) -> Check:
+        """Check and claim; while another delivery holds the claim on these bytes, wait (no connection
+        held) until it wrote them, gave up, or its lease ran out."""
+        seen = SeenVersion(info.etag, info.last_modified, dict(info.metadata)) if info is not None else None
+        deadline = time.monotonic() + self.claim_seconds + 5
+        while True:
+            check = self.store.catalogue.check_and_claim(
+                self.container,
+                name,
+                sha,
+                set(self.providers),
+                owner=owner,
+                lease_seconds=self.claim_seconds,
+                seen=seen,
+            )
+            if check.state != "busy":
+                return check
+            if time.monotonic() > deadline:
+                raise ClaimTimeout(f"another delivery of {name} held its claim for {self.claim_seconds:.0f} s")
+            time.sleep(CLAIM_POLL_SECONDS * (0.5 + random.random()))
+
+    def _release(self, name: str, sha: bytes, owner: uuid.UUID) -> None:
+        try:
+            self.store.catalogue.release(self.container, name, sha, owner)
+        except TransientError as exc:  # the claim expires on its own
+            log.warning("claim on %s not released: %s", name, exc.message)
+
+    def _failed(
+        self, name: str, sha: bytes, size: int, info: BlobInfo | None, owner: uuid.UUID, exc: PermanentError
+    ) -> Outcome:
+        self.store.catalogue.save_failure(
+            self.container,
             name,
             exc.code,
             exc.message,
             sha256=sha,
             byte_size=size,
-            etag=etag,
-            last_modified=modified,
+            etag=info.etag if info else None,
+            last_modified=info.last_modified if info else None,
+            owner=owner,
         )
-        return "failed", {"code": exc.code, "reason": exc.message}, False
-    shape = (image.content_type, image.width, image.height)
-    Catalogue.save_indexed(conn, _record(container, name, sha, shape, info, size), vectors)
-    return "indexed", {"embedded": bool(vectors)}, preview
+        return Outcome(name, "failed", bytes=size, code=exc.code, reason=exc.message)
+
+    def _too_large(self, name: str, size: int, info: BlobInfo | None) -> Outcome:
+        # Refused from its size alone: its bytes were never read, so there is no digest to remember.
+        exc = InvalidImage(
+            f"the file is {size:,} bytes; the embedding service takes at most {MAX_BYTES:,}", code="TooLarge"
+        )
+        self.store.catalogue.save_failure(
+            self.container,
+            name,
+            exc.code,
+            exc.message,
+            byte_size=size,
+            etag=info.etag if info else None,
+            last_modified=info.last_modified if info else None,
+        )
+        return Outcome(name, "failed", bytes=size, code=exc.code, reason=exc.message)
+
+    def _stale(self, name: str, delivered: BlobInfo, now: BlobInfo | None, size: int) -> Outcome | None:
+        """None when ``delivered`` is still the blob's version; else what this delivery amounts to."""
+        if now is None:
+            return self._gone(name, delivered, size)
+        if now.etag != delivered.etag:
+            return Outcome(
+                name, "superseded", bytes=size, reason="the blob was overwritten; its new version's delivery indexes it"
+            )
+        return None
+
+    def _gone(self, name: str, delivered: BlobInfo | None, size: int = 0) -> Outcome:
+        # Only a row holding the version that is gone goes: a newer upload's row stays.
+        if (
+            delivered is not None
+            and delivered.etag is not None
+            and self.store.catalogue.delete_version(self.container, name, delivered.etag)
+        ):
+            self._drop_thumbnail(name)
+        return Outcome(name, "deleted", bytes=size, reason="the blob no longer exists")
+
+    def _store_preview(self, name: str, sha: bytes, preview: bytes) -> None:
+        assert self.blobs is not None
+        try:
+            self.blobs.put_thumbnail(name, preview)
+            self.store.catalogue.mark_thumbnail(self.container, name, sha)
+        except Exception as exc:  # a preview is a convenience: search then links the original
+            log.warning("thumbnail for %s not stored: %s", name, getattr(exc, "message", exc))
+
+    def _drop_thumbnail(self, name: str) -> None:
+        delete = getattr(self.blobs, "delete_thumbnail", None)
+        if callable(delete):
+            try:
+                delete(name)
+            except TransientError as exc:
+                log.warning("thumbnail of %s not deleted: %s", name, exc.message)
+
+
+class ClaimTimeout(TransientError):
+    """Another delivery of the same bytes neither finished nor gave up within its lease."""
+
+    code = "ClaimTimeout"
+
+
+def _preview(pending: Future[bytes] | None, name: str) -> bytes | None:
+    if pending is None:
+        return None
+    try:
+        return pending.result()
+    except Exception as exc:  # a preview is a convenience: never lose the image over it
+        log.warning("thumbnail for %s not made: %s", name, exc)
+        return None
 
 
 def _record(
-    container: str, name: str, sha: bytes, image: tuple[str, int, int], info: BlobInfo | None, size: int | None = None
+    container: str, name: str, sha: bytes, image: tuple[str, int, int], info: BlobInfo | None, size: int
 ) -> ImageRecord:
     content_type, width, height = image
     return ImageRecord(
@@ -196,7 +348,7 @@ def _record(
         content_type=content_type,
         width=width,
         height=height,
-        byte_size=size if size is not None else (info.size if info else 0),
+        byte_size=size,
         etag=info.etag if info else None,
         last_modified=info.last_modified if info else None,
         metadata=dict(info.metadata) if info else {},
@@ -218,58 +370,32 @@ def blob_name(path: str | None, container: str) -> str:
     return path[len(prefix) :] if path.startswith(prefix) else path
 
 
-def trigger_info(blob: func.InputStream, name: str) -> BlobInfo:
-    # Properties and metadata come from the host's trigger metadata (absent in some hosts/tests).
-    props: dict[str, Any] = dict(getattr(blob, "blob_properties", None) or {})
-    metadata = {str(k): str(v) for k, v in dict(getattr(blob, "metadata", None) or {}).items()}
-    modified = props.get("LastModified")
-    return BlobInfo(
-        name=name,
-        size=int(blob.length or props.get("ContentLength") or props.get("Length") or 0),
-        etag=normalize_etag(props.get("ETag") or props.get("Etag")),
-        last_modified=_parse_time(modified),
-        content_type=props.get("ContentType"),
-        metadata=metadata,
-    )
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            return parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-
-
-def handle_blob_trigger(blob: func.InputStream, rt: Runtime | None = None) -> Outcome:
-    """The blob trigger: read at most 20 MB + 1 byte, then :func:`ingest_bytes`."""
+def handle_blob_trigger(client: BlobClient, rt: Runtime | None = None) -> Outcome:
+    """The blob trigger, bound to a ``BlobClient`` (SDK-type binding): the host hands over which blob,
+    never its bytes, so the size cap holds before anything is read (see :meth:`ImageBlobs.read`)."""
     from .runtime import get_runtime
 
     rt = rt or get_runtime()
     container = rt.settings.images_container
-    name = blob_name(blob.name, container)
-    info = trigger_info(blob, name)
-    # The host has the blob already; never copy more than the cap into our own buffers.
-    data = blob.read(MAX_BYTES + 1)
-    if not info.size:
-        info = BlobInfo(info.name, len(data), info.etag, info.last_modified, info.content_type, info.metadata)
-    return ingest_bytes(rt.store, providers_of(rt), container, name, data, info, thumbnails=rt.blobs.thumbnail_writer())
+    if client.container_name != container:
+        log.warning("blob %s/%s is not in %s: ignored", client.container_name, client.blob_name, container)
+        return Outcome(client.blob_name, "skipped", reason=f"not in container {container}")
+    return ingest_blob(rt, blob_name(client.blob_name, container))
 
 
 def ingest_blob(rt: Runtime, name: str) -> Outcome:
-    """Read a blob from storage (with the size cap) and ingest it; used by reconcile and tests."""
+    """Read a blob from storage (properties first, then at most the cap) and ingest it; the blob
+    trigger, reconcile and tests come here."""
+    started = time.perf_counter()
+    observed = datetime.now(UTC)
     try:
         data, info = rt.blobs.read(name, MAX_BYTES)
     except BlobGone:
-        remove_image(rt, name)
+        removed = rt.store.catalogue.delete_image(rt.settings.images_container, name, written_before=observed)
+        if removed:
+            _delete_thumbnail(rt, name)
         o = Outcome(name, "deleted", reason="blob no longer exists")
-        log_outcome(o)
+        log_outcome(replace(o, duration_ms=(time.perf_counter() - started) * 1000))
         return o
     return ingest_bytes(
         rt.store,
@@ -278,18 +404,36 @@ def ingest_blob(rt: Runtime, name: str) -> Outcome:
         name,
         data,
         info,
-        thumbnails=rt.blobs.thumbnail_writer(),
+        blobs=rt.blobs,
+        thumbnails=rt.blobs.thumbnails is not None,
+        claim_seconds=claim_seconds(rt),
+        fresh=True,
     )
 
 
-def remove_image(rt: Runtime, name: str) -> bool:
-    """Remove a blob's row, vectors and thumbnail; True when there was a row."""
-    removed = rt.store.catalogue.delete_image(rt.settings.images_container, name)
+def claim_seconds(rt: Runtime) -> float:
+    """A claim outlives the slowest embedding this worker may wait for: the provider's retry budget and
+    one more call, with a margin."""
+    settings = rt.settings
+    if settings.embedding_provider != "azure-vision":
+        return DEFAULT_CLAIM_SECONDS
+    return float(2 * settings.vision_max_retry_seconds + settings.vision_timeout_seconds + 30)
+
+
+def remove_image(rt: Runtime, name: str, *, observed: datetime | None = None) -> bool:
+    """Remove a blob's row, vectors and thumbnail; True when there was a row. With ``observed`` (when
+    Storage was seen without the blob), a row written after that moment stays: it is a new upload's."""
+    removed = rt.store.catalogue.delete_image(rt.settings.images_container, name, written_before=observed)
+    if removed:
+        _delete_thumbnail(rt, name)
+    return removed
+
+
+def _delete_thumbnail(rt: Runtime, name: str) -> None:
     try:
         rt.blobs.delete_thumbnail(name)
     except TransientError as exc:
         log.warning("thumbnail of %s not deleted: %s", name, exc.message)
-    return removed
 
 
 def handle_blob_event(event: func.EventGridEvent, rt: Runtime | None = None) -> Outcome | None:
@@ -309,11 +453,12 @@ def handle_blob_event(event: func.EventGridEvent, rt: Runtime | None = None) -> 
         return None
     name = parsed[1]
     # A delete event can arrive after the blob was uploaded again under the same name: keep that row.
+    observed = datetime.now(UTC)
     if rt.blobs.properties(name) is not None:
         o = Outcome(name, "skipped", reason="blob exists again (re-uploaded after the delete)")
         log_outcome(o)
         return o
-    removed = remove_image(rt, name)
+    removed = remove_image(rt, name, observed=observed)
     o = Outcome(name, "deleted" if removed else "skipped", reason=None if removed else "no row for this blob")
     log_outcome(o)
     return o
@@ -340,6 +485,7 @@ class ReconcileReport:
     unchanged: int = 0
     failed: int = 0
     removed: int = 0
+    kept: int = 0
     errors: list[str] = field(default_factory=list)
     dry_run: bool = False
 
@@ -351,6 +497,8 @@ class ReconcileReport:
         )
         if not self.dry_run:
             text += f", unchanged {self.unchanged}, failed permanently {self.failed}, errors {len(self.errors)}"
+            if self.kept:
+                text += f", kept {self.kept} uploaded during the run"
         return text
 
 
@@ -364,8 +512,10 @@ def reconcile(
 ) -> ReconcileReport:
     """Make the table equal the container: index blobs missing or changed, remove rows whose blob is gone.
 
-    Changes are told by ETag, so a second run reads nothing. Per-blob transient errors are collected
-    (the rest go on) and reported; the caller decides to fail (timer, CLI exit code).
+    Changes are told by ETag, so a second run reads nothing. A row whose blob the listing did not show
+    is removed only once Storage confirms the blob is gone (it may have been uploaded after the listing).
+    Per-blob transient errors are collected (the rest go on) and reported; the caller decides to fail
+    (timer, CLI exit code).
     """
     container = rt.settings.images_container
     # A blob counts as missing when it lacks the *active* model's vector; filling in a model being
@@ -387,38 +537,36 @@ def reconcile(
     if dry_run:
         return report
 
-    for name in gone:
-        try:
-            if remove_image(rt, name):
-                report.removed += 1
-        except AppError as exc:
-            report.errors.append(f"{name}: {exc.message}")
-        if progress:
-            progress(1)
-
-    def one(name: str) -> Outcome:
-        return ingest_blob(rt, name)
+    def forget(name: str) -> str:
+        observed = datetime.now(UTC)
+        if rt.blobs.properties(name) is not None:
+            return "kept"  # uploaded after the listing: its delivery (or the next run) indexes it
+        return "removed" if remove_image(rt, name, observed=observed) else "kept"
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile") as pool:
-        futures = {pool.submit(one, name): name for name in todo}
+        futures: dict[Future[Any], tuple[str, str]] = {pool.submit(forget, name): (name, "remove") for name in gone}
+        futures.update({pool.submit(ingest_blob, rt, name): (name, "index") for name in todo})
         for fut in as_completed(futures):
-            name = futures[fut]
+            name, _ = futures[fut]
             try:
-                o = fut.result()
+                result = fut.result()
             except (TransientError, ProviderMisconfigured) as exc:
                 report.errors.append(f"{name}: {exc.message}")
             except Exception as exc:  # one bad blob must not stop the others; it is reported
                 log.exception("reconcile: unexpected error on %s", name)
                 report.errors.append(f"{name}: unexpected {type(exc).__name__}: {exc}")
             else:
-                if o.outcome == "indexed":
+                outcome = result if isinstance(result, str) else result.outcome
+                if outcome == "indexed":
                     report.indexed += 1
-                elif o.outcome == "unchanged":
+                elif outcome in ("unchanged", "superseded"):
                     report.unchanged += 1
-                elif o.outcome == "failed":
+                elif outcome == "failed":
                     report.failed += 1
-                elif o.outcome == "deleted":
+                elif outcome in ("deleted", "removed"):
                     report.removed += 1
+                elif outcome == "kept":
+                    report.kept += 1
             if progress:
                 progress(1)
     log.info("reconcile %s", report.summary())

@@ -69,7 +69,9 @@ class ReembedReport:
 
 def register_target(rt: Runtime, goal: Target) -> Model:
     """Register the target model (``building`` when another is active) so ingestion starts writing it too."""
-    model = rt.store.registry.ensure_model(goal.provider.model_id, goal.provider.dimension, goal.config)
+    from .maintenance import prepare_target
+
+    model = prepare_target(rt.settings, goal.provider, goal.config)
     rt.refresh_models(force=True)
     return model
 

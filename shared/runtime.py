@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 
 from .blobs import ImageBlobs
-from .db import connect, make_pool
-from .embeddings import EmbeddingProvider, make_provider, provider_config
+from .db import SEARCH_CONNECT_TIMEOUT, connect, make_pool, pool_sizes, translate_errors
+from .embeddings import EmbeddingProvider, make_provider
 from .errors import AppError, SettingError
 from .registry import Model
-from .schema import create_schema
+from .schema import IndexSpec, SchemaOutdated, require_schema
 from .settings import Settings, get_settings
 from .store import Store
 
@@ -53,10 +53,11 @@ class Runtime:
             targets = self.store.registry.target_models()
             active = next((m for m in targets if m.state == "active"), None)
             if active is None:
-                active = self.store.registry.ensure_model(
-                    self.configured.model_id, self.configured.dimension, provider_config(self.settings)
+                # Models are registered (and their indexes built) by `migrate`, never on a request.
+                raise SchemaOutdated(
+                    "the database has no active embedding model: run `python -m shared.cli migrate` "
+                    f"(it prepares {self.configured.model_id}, the model EMBEDDING_PROVIDER names)"
                 )
-                targets = [active, *[m for m in targets if m.model_id != active.model_id]]
             if self._active is not None and self._active.model_id != active.model_id:
                 log.info("active model changed from %s to %s", self._active.model_id, active.model_id)
             elif active.model_id != self.configured.model_id and self._active is None:
@@ -117,7 +118,7 @@ class Runtime:
         return out
 
     def close(self) -> None:
-        self.store.pool.close()
+        self.store.close()
         for provider in self._providers.values():
             close = getattr(provider, "close", None)
             if callable(close):
@@ -128,17 +129,24 @@ _lock = threading.Lock()
 _runtime: Runtime | None = None
 
 
+def index_spec(settings: Settings) -> IndexSpec:
+    """The HNSW index the settings ask for (new models get it; ``reindex`` moves existing ones)."""
+    return IndexSpec(settings.hnsw_precision, settings.hnsw_m, settings.hnsw_ef_construction)
+
+
 def open_store(settings: Settings, credential: object | None = None) -> Store:
-    """Create the schema if needed (safe to repeat), then open the pool."""
-    with connect(settings, credential) as conn:
-        create_schema(conn)
-    pool = make_pool(settings, credential)
-    return Store(
-        pool,
-        hnsw_m=settings.hnsw_m,
-        hnsw_ef_construction=settings.hnsw_ef_construction,
-        ef_search=settings.hnsw_ef_search,
-    )
+    """Open the pools (one for ingestion and commands, one for searches) and check that the schema is
+    the one this code needs: a worker never changes the schema (``migrate`` does), it reports what to run."""
+    # Before the pools: their connections need the vector type, which only a migrated database has.
+    with (
+        connect(settings, credential, connect_timeout=SEARCH_CONNECT_TIMEOUT) as conn,
+        translate_errors("checking the schema"),
+    ):
+        require_schema(conn)
+    work = make_pool(settings, credential)
+    _, search_size = pool_sizes(settings.database_pool_max)
+    search = make_pool(settings, credential, role="search", min_size=0) if search_size else None
+    return Store(work, search_pool=search, index=index_spec(settings), ef_search=settings.hnsw_ef_search)
 
 
 def build_runtime(settings: Settings, *, credential: object | None = None) -> Runtime:

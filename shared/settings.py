@@ -44,6 +44,7 @@ DEFAULTS: Final[dict[str, str | None]] = {
     "DATABASE_URL": None,
     "DATABASE_AUTH": "password",
     "DATABASE_POOL_MAX": "10",
+    "HNSW_PRECISION": "halfvec",
     "HNSW_M": "16",
     "HNSW_EF_CONSTRUCTION": "64",
     "HNSW_EF_SEARCH": "80",
@@ -237,7 +238,8 @@ class Settings:
     @cached_property
     def database_url(self) -> str:
         value = self._required(
-            "DATABASE_URL", "give a libpq URI such as postgresql://user@host:5432/dbname?sslmode=require"
+            "DATABASE_URL",
+            "give a libpq URI such as postgresql://user@host:5432/dbname?sslmode=verify-full&sslrootcert=system",
         )
         try:
             from psycopg.conninfo import conninfo_to_dict
@@ -257,6 +259,11 @@ class Settings:
     @cached_property
     def database_pool_max(self) -> int:
         return self._int("DATABASE_POOL_MAX", 1, 200)
+
+    @cached_property
+    def hnsw_precision(self) -> str:
+        """Element type of new HNSW indexes: ``halfvec`` (half the size, same recall) or ``vector``."""
+        return self._choice("HNSW_PRECISION", ("halfvec", "vector"))
 
     @cached_property
     def hnsw_m(self) -> int:

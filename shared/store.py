@@ -16,15 +16,24 @@ from .bulk import BulkLoader
 from .catalogue import Catalogue
 from .db import Database
 from .registry import Registry
+from .schema import IndexSpec
 from .vectorsearch import VectorSearch
 
 
 class Store:
-    """The collection: ``registry``, ``catalogue``, ``bulk`` and ``vectors`` over one pool."""
+    """The collection: ``registry``, ``catalogue``, ``bulk`` and ``vectors``, over a pool for ingestion
+    and commands and (optionally) one of its own for searches."""
 
-    def __init__(self, pool: ConnectionPool, *, hnsw_m: int = 16, hnsw_ef_construction: int = 64, ef_search: int = 80):
-        self.db = Database(pool)
-        self.registry = Registry(self.db, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction)
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        search_pool: ConnectionPool | None = None,
+        index: IndexSpec | None = None,
+        ef_search: int = 80,
+    ):
+        self.db = Database(pool, search_pool)
+        self.registry = Registry(self.db, index=index)
         self.catalogue = Catalogue(self.db)
         self.bulk = BulkLoader(self.db)
         self.vectors = VectorSearch(self.db, ef_search=ef_search)
@@ -35,4 +44,10 @@ class Store:
 
     @pool.setter
     def pool(self, pool: ConnectionPool) -> None:
+        if self.db.search_pool is self.db.pool:
+            self.db.search_pool = pool
         self.db.pool = pool
+
+    def close(self) -> None:
+        for pool in {id(p): p for p in (self.db.pool, self.db.search_pool)}.values():
+            pool.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -23,6 +24,7 @@ from .registry import Model
 log = logging.getLogger(__name__)
 
 UNFILTERED_COUNT_SECONDS = 30.0
+LARGE_COUNT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,9 @@ class VectorSearch:
         self.db = db
         self.ef_search = ef_search
         self._unfiltered_counts: dict[tuple[str, str | None], tuple[int, float]] = {}
+        self._configured: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def nearest(
         self,
@@ -194,8 +199,11 @@ class VectorSearch:
         key = (model.model_id, filters.container)
         now = time.monotonic()
         known = self._unfiltered_counts.get(key)
-        if known is not None and now - known[1] < UNFILTERED_COUNT_SECONDS:
-            return known[0]
+        if known is not None:
+            # A collection far above the threshold does not shrink below it in minutes.
+            ttl = UNFILTERED_COUNT_SECONDS if known[0] <= self.exact_scan_max_rows else LARGE_COUNT_SECONDS
+            if now - known[1] < ttl:
+                return known[0]
         count = self.count_matching(model, filters, stop_at=stop_at)
         self._unfiltered_counts[key] = (count, now)
         return count
@@ -207,7 +215,7 @@ class VectorSearch:
             "SELECT count(*) FROM (SELECT 1 FROM image_vectors v JOIN images i ON i.id = v.image_id "
             "WHERE {where} LIMIT %(stop_at)s) AS matching"
         ).format(where=where)
-        with translate_errors("searching"), self.db.pool.connection() as conn:
+        with translate_errors("searching"), self.db.search_pool.connection() as conn:
             row = conn.execute(stmt, {**params, "stop_at": stop_at}).fetchone()
         return int(row[0]) if row else 0
 
@@ -223,10 +231,11 @@ class VectorSearch:
     def _index_sql(
         self, model: Model, filters: SearchFilters, after: After | None
     ) -> tuple[sql.Composed, dict[str, Any]]:
+        """The index path: candidates in the order of the model's HNSW index (over halfvec or vector),
+        re-ranked by the full-precision distance, which is also the score and the cursor's key."""
         where, params = _search_conditions(model, filters)
-        distance = sql.SQL("v.embedding::vector({dim}) <=> %(q)s::vector({dim})").format(
-            dim=sql.Literal(model.dimension)
-        )
+        distance = _distance(model, "vector")
+        approx = _distance(model, model.precision)
         if after is not None:
             where = sql.SQL("{} AND ({}, i.id) > (%(after_distance)s::float8, %(after_id)s::bigint)").format(
                 where, distance
@@ -235,35 +244,58 @@ class VectorSearch:
         stmt = sql.SQL(
             "WITH nearest AS MATERIALIZED ("
             " SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id"
-            " WHERE {where} ORDER BY {distance} LIMIT %(fetch)s"
+            " WHERE {where} ORDER BY {approx} LIMIT %(fetch)s"
             ") SELECT id, name, content_type, width, height, created_at, byte_size, container, thumbnail, distance"
             " FROM nearest ORDER BY distance, id"
-        ).format(columns=_HIT_COLUMNS, distance=distance, where=where)
+        ).format(columns=_HIT_COLUMNS, distance=distance, approx=approx, where=where)
         return stmt, params
 
     def _index_settings(
-        self, conn: psycopg.Connection[Any], fetch: int, filters: SearchFilters, ef_search: int | None, force: bool
-    ) -> None:
+        self, fetch: int, filters: SearchFilters, ef_search: int | None, force: bool
+    ) -> list[tuple[str, str]]:
         ef = max(int(ef_search or self.ef_search), fetch)
-        values: list[tuple[str, int | str]] = []
+        values: list[tuple[str, str]] = []
         if self.db.pgvector_version() >= (0, 8):
-            values += [("hnsw.iterative_scan", "relaxed_order"), ("hnsw.max_scan_tuples", int(self.max_scan_tuples))]
+            values += [("hnsw.iterative_scan", "relaxed_order"), ("hnsw.max_scan_tuples", str(self.max_scan_tuples))]
         elif _is_filtered(filters):
             ef = max(ef, HNSW_MAX_EF_SEARCH)
-        values.append(("hnsw.ef_search", min(ef, HNSW_MAX_EF_SEARCH)))
+        values.append(("hnsw.ef_search", str(min(ef, HNSW_MAX_EF_SEARCH))))
         if force:
             # Only a plan that reads the CTE's rows from the index in distance order avoids a second Sort.
             values.append(("enable_sort", "off"))
+        return values
+
+    def _apply_settings(self, conn: psycopg.Connection[Any], values: list[tuple[str, str]]) -> None:
+        """The settings of one query, for this transaction only."""
         if self.db.is_citus():
             for name, value in values:
                 self.db.set_local(conn, name, value)  # SET LOCAL, which Citus can pass on to the shards
             return
         # One statement for all of them: on a fast query the round trips are most of the cost.
         calls = sql.SQL(", ").join(
-            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(str(value)))
-            for name, value in values
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value)) for name, value in values
         )
         conn.execute(sql.SQL("SELECT {}").format(calls))
+
+    def _session_defaults(self, conn: psycopg.Connection[Any]) -> dict[str, str]:
+        """The settings most searches use, set once per pooled connection (single node only), so that a
+        common search is one statement: no transaction, no SET per query."""
+        known = self._configured.get(conn)
+        if known is not None:
+            return known
+        if self.db.is_citus():
+            known = {}  # Citus passes only SET LOCAL on to the shards: every query sets its own
+        else:
+            known = dict(self._index_settings(0, SearchFilters(), None, False))
+            statements = sql.SQL("; ").join(
+                sql.SQL("SET {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value))
+                for name, value in known.items()
+            )
+            conn.execute(statements)
+            if not conn.autocommit:
+                conn.commit()
+        self._configured[conn] = known
+        return known
 
     def _index_scan(
         self,
@@ -279,9 +311,16 @@ class VectorSearch:
     ) -> list[Hit]:
         """Up to ``fetch`` rows from the index, sorted by (distance, id)."""
         stmt, params = self._index_sql(model, filters, after)
-        with translate_errors("searching"), self.db.pool.connection() as conn, conn.transaction():
-            self._index_settings(conn, fetch, filters, ef_search, force)
-            rows = conn.execute(stmt, {**params, "q": PgVector(query), "fetch": fetch}).fetchall()
+        values = self._index_settings(fetch, filters, ef_search, force)
+        with translate_errors("searching"), self.db.search_pool.connection() as conn:
+            defaults = self._session_defaults(conn)
+            needed = [(name, value) for name, value in values if defaults.get(name) != value]
+            if not needed:
+                rows = conn.execute(stmt, {**params, "q": PgVector(query), "fetch": fetch}).fetchall()
+            else:
+                with conn.transaction():
+                    self._apply_settings(conn, needed if not self.db.is_citus() else values)
+                    rows = conn.execute(stmt, {**params, "q": PgVector(query), "fetch": fetch}).fetchall()
         return [_hit(row) for row in rows]
 
     def _exact_scan(
@@ -311,7 +350,7 @@ class VectorSearch:
         ).format(
             columns=_HIT_COLUMNS, dim=sql.Literal(model.dimension), where=where, outer=sql.SQL(" AND ").join(outer)
         )
-        with translate_errors("searching"), self.db.pool.connection() as conn:
+        with translate_errors("searching"), self.db.search_pool.connection() as conn:
             rows = conn.execute(stmt, {**params, "q": PgVector(query), "limit": limit}).fetchall()
         return [_hit(row) for row in rows]
 
@@ -330,19 +369,29 @@ class VectorSearch:
         Without ``strategy`` the plain unfiltered index query; with ``index`` the search's index path,
         under the same settings (iterative scan, forced index), ``analyze`` to run it."""
         query = self._query_vector(model, vector)
-        with self.db.pool.connection() as conn, conn.transaction():
+        with self.db.search_pool.connection() as conn, conn.transaction():
             if strategy is None:
                 stmt: sql.Composed = sql.SQL(
                     "SELECT v.image_id FROM image_vectors v WHERE v.model_id = %(model)s "
-                    "ORDER BY v.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(limit)s"
-                ).format(dim=sql.Literal(model.dimension))
+                    "ORDER BY {approx} LIMIT %(limit)s"
+                ).format(approx=_distance(model, model.precision))
                 params: dict[str, Any] = {"model": model.model_id}
             else:
                 stmt, params = self._index_sql(model, filters or SearchFilters(), None)
-                self._index_settings(conn, k, filters or SearchFilters(), None, strategy == "index")
+                self._apply_settings(
+                    conn, self._index_settings(k, filters or SearchFilters(), None, strategy == "index")
+                )
             explain = sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN ")
             rows = conn.execute(explain + stmt, {**params, "q": PgVector(query), "limit": k, "fetch": k})
             return "\n".join(r[0] for r in rows)
+
+
+def _distance(model: Model, precision: str) -> sql.Composed:
+    """Cosine distance to the query, both cast to ``precision`` of the model's dimension: the same
+    expression as the model's HNSW index when ``precision`` is the index's."""
+    return sql.SQL("v.embedding::{type}({dim}) <=> %(q)s::{type}({dim})").format(
+        type=sql.SQL("halfvec" if precision == "halfvec" else "vector"), dim=sql.Literal(model.dimension)
+    )
 
 
 _HIT_COLUMNS: Final = sql.SQL(

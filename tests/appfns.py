@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from typing import Any
 
 
+_lock = threading.Lock()
+
+
 @cache
-def registered() -> dict[str, Any]:
+def _build() -> dict[str, Any]:
     from function_app import app
 
     return {f.get_function_name(): f for f in app.get_functions()}
+
+
+def registered() -> dict[str, Any]:
+    with _lock:  # threads of one test may ask first at the same time; the app builds its table once
+        return _build()
 
 
 def handler(name: str) -> Any:
@@ -22,3 +31,29 @@ def bindings(name: str) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(b) if isinstance(b, str) else b for b in registered()[name].get_raw_bindings()]
+
+
+def blob_trigger_client(connection_string: str, container: str, name: str) -> Any:
+    """The ``BlobClient`` the Python worker hands ``index_image``: built by the SDK-type binding's own
+    converter from the model binding data the host sends (the connection setting's name, the container
+    and the blob), with the ``ImagesStorage`` setting in the environment as on a real worker."""
+    import json
+    import os
+    from types import SimpleNamespace
+
+    from azurefunctions.extensions.base import Datum
+    from azurefunctions.extensions.bindings.blob import BlobClient
+    from azurefunctions.extensions.bindings.blob.blobClientConverter import BlobClientConverter
+
+    content = json.dumps({"Connection": "ImagesStorage", "ContainerName": container, "BlobName": name})
+    data = SimpleNamespace(version="1.0", source="AzureStorageBlobs", content_type="application/json", content=content)
+    setting = "ImagesStorage"  # the binding's connection setting, as function_app.py names it
+    before = os.environ.get(setting)
+    os.environ[setting] = connection_string
+    try:
+        return BlobClientConverter.decode(Datum(data, "model_binding_data"), trigger_metadata={}, pytype=BlobClient)
+    finally:
+        if before is None:
+            del os.environ[setting]
+        else:
+            os.environ[setting] = before

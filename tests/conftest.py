@@ -14,6 +14,7 @@ See docs/databases.md.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,10 +34,9 @@ from scripts.services import (
     start_postgres,
 )
 from shared.blobs import ImageBlobs
-from shared.catalogue import Catalogue as CatalogueWrites
 from shared.db import make_pool
 from shared.runtime import Runtime, build_runtime, set_runtime
-from shared.schema import create_schema
+from shared.schema import migrate
 from shared.settings import Settings
 from shared.store import Store
 from tests.fake_vision import FakeVision
@@ -55,7 +55,10 @@ def postgres(services_dir: Path) -> Iterator[Postgres]:
     if external:
         yield external_postgres(external)
         return
-    pg = start_postgres(services_dir / "pgdata")
+    # Not under pytest's own temporary folder: as root the server runs as another user, which must be
+    # able to enter its data folder, and each pytest session resets that folder's tree to owner-only.
+    pgdata = Path(tempfile.mkdtemp(prefix="imagesearch-test-pg-"))
+    pg = start_postgres(pgdata / "data")
     try:
         # Before any test: one clear line instead of hundreds of "server closed the connection".
         check_vectors(pg)
@@ -64,6 +67,7 @@ def postgres(services_dir: Path) -> Iterator[Postgres]:
         pytest.exit(str(exc), returncode=3)
     yield pg
     pg.stop()
+    remove_tree(pgdata)
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +92,8 @@ def database_url(postgres: Postgres) -> Iterator[str]:
     name = f"test_{uuid.uuid4().hex[:12]}"
     url = postgres.create_database(name)
     try:
-        with psycopg.connect(url) as conn:
-            create_schema(conn)
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrate(conn)
         if not postgres.embedded:
             try:
                 check_vectors(postgres, name)
@@ -129,7 +133,7 @@ def pool(database_url: str) -> Iterator[ConnectionPool]:
 def store(pool: ConnectionPool) -> Store:
     """A store over an emptied collection."""
     with pool.connection() as conn:
-        conn.execute("TRUNCATE image_vectors, images, embedding_models")
+        conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
     return Store(pool)
 
 
@@ -169,13 +173,22 @@ def app_settings(database_url: str, azurite: Azurite, fake_vision: FakeVision) -
 def runtime(app_settings: Settings, pool: ConnectionPool) -> Iterator[Runtime]:
     """The app's runtime over an emptied collection and a fresh container; installed for the triggers."""
     with pool.connection() as conn:
-        conn.execute("TRUNCATE image_vectors, images, embedding_models")
+        conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
+    prepare(app_settings)
     rt = build_runtime(app_settings)
     rt.blobs.ensure_container()
     set_runtime(rt)
     yield rt
     set_runtime(None)
     rt.close()
+
+
+def prepare(settings: Settings) -> None:
+    """What an operator runs before the app serves: migrate, which registers the configured model and
+    builds its index (the app itself changes no schema)."""
+    from shared.maintenance import migrate as operator_migrate
+
+    operator_migrate(settings, say=lambda _: None)
 
 
 @pytest.fixture
@@ -232,14 +245,16 @@ class Catalogue:
         )
         if upload:
             rt.blobs.upload(name, data, record.content_type)
-        with rt.store.catalogue.locked(record.container, name) as conn:
-            return CatalogueWrites.save_indexed(conn, record, {rt.model.model_id: np.asarray(vector, dtype=np.float32)})
+        iid = rt.store.catalogue.save_indexed(record, {rt.model.model_id: np.asarray(vector, dtype=np.float32)})
+        assert iid is not None
+        return iid
 
     def fail(self, name: str, reason: str = "not an image") -> int:
-        with self.runtime.store.catalogue.locked(self.runtime.settings.images_container, name) as conn:
-            return CatalogueWrites.save_failure(
-                conn, self.runtime.settings.images_container, name, "InvalidImage", reason
-            )
+        iid = self.runtime.store.catalogue.save_failure(
+            self.runtime.settings.images_container, name, "InvalidImage", reason
+        )
+        assert iid is not None
+        return iid
 
 
 @pytest.fixture

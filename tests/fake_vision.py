@@ -167,6 +167,7 @@ class FakeVision:
         self._tokens = set(tokens)
         self._initial = (key, set(tokens))
         self.latency = latency
+        self.image_storm_until: float | None = None
         self._lock = threading.Lock()
         self._steps: deque[_Step] = deque()
         self._calls: list[dict[str, Any]] = []
@@ -246,6 +247,7 @@ class FakeVision:
             self._tokens = set(tokens)
         self.latency = 0.0
         self.rate_limit_per_second = None
+        self.image_storm_until = None
 
     # --- fault injection ---------------------------------------------------------------------
     def _script(self, step: _Step, times: int) -> None:
@@ -292,6 +294,10 @@ class FakeVision:
             }.get(status, f"Fake failure {status}.")
         body = error_body(code or str(status), message, inner_code)
         self.respond_next(status, body=body, headers=extra, times=times)
+
+    def storm_images(self, seconds: float) -> None:
+        """Answer every image call 429 (``Retry-After: 1``) for ``seconds`` from now; text calls pass."""
+        self.image_storm_until = time.monotonic() + seconds
 
     def delay_next(self, seconds: float, *, times: int = 1) -> None:
         """Wait ``seconds`` before handling the next ``times`` requests normally."""
@@ -459,6 +465,10 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> tuple[int, bytes]:
         if not self.fake._authorised(headers):
             raise _Reject(401, "401", UNAUTHORIZED_MESSAGE)
+        storm = self.fake.image_storm_until
+        if kind == "image" and storm is not None and time.monotonic() < storm:
+            message = "Rate limit is exceeded. Try again in 1 seconds."
+            raise _Reject(429, "429", message, headers={"Retry-After": "1"})
         wait = self.fake._throttle()
         if wait is not None:
             seconds = max(1, math.ceil(wait))

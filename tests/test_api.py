@@ -432,14 +432,14 @@ def test_other_upstream_failures_are_502(runtime: Runtime, fake_vision: FakeVisi
 
 
 def test_an_unreachable_database_is_503(runtime: Runtime) -> None:
-    runtime.store.pool.close()
+    runtime.store.close()  # both pools: the database is gone for everyone
     resp = call("similar", route_params={"id": "42"})
     error_of(resp, 503, "DatabaseUnavailable")
     assert int(resp.headers["Retry-After"]) >= 1
 
 
 def test_a_bad_request_is_answered_even_when_the_database_is_down(runtime: Runtime) -> None:
-    runtime.store.pool.close()
+    runtime.store.close()
     error_of(call("search", params={"q": "red", "k": "0"}), 400, "InvalidParameter")
 
 

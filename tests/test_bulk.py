@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from shared.catalogue import Catalogue, ImageRecord, image_id
+from shared.catalogue import ImageRecord, image_id
 from shared.errors import InvalidInput
 from shared.store import Store
 
@@ -47,8 +47,7 @@ def test_fresh_import_then_reimport_upserts(store: Store) -> None:
 
 def test_a_later_record_of_the_same_blob_wins_and_a_failed_row_becomes_indexed(store: Store) -> None:
     store.registry.ensure_model(MODEL, 8)
-    with store.catalogue.locked("images", "x.jpg") as conn:
-        Catalogue.save_failure(conn, "images", "x.jpg", "InvalidImage", "was bad")
+    store.catalogue.save_failure("images", "x.jpg", "InvalidImage", "was bad")
     v = vectors(2, seed=3)
     assert store.bulk.upsert([rec("x.jpg", b"one"), rec("x.jpg", b"two")], v, MODEL) == 1
     row = store.catalogue.get_image(image_id("images", "x.jpg"))

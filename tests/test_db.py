@@ -59,9 +59,12 @@ def test_cli_init_db_is_safe_to_run_twice(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
     monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("VISION_ENDPOINT", "https://example.cognitiveservices.azure.com/")  # no call is made
     assert cli_main(["init-db"]) == 0
-    assert cli_main(["init-db"]) == 0
-    assert capsys.readouterr().out.count("schema ready on single node") == 2
+    assert cli_main(["migrate"]) == 0  # init-db is its alias; the second run changes nothing
+    out = capsys.readouterr().out
+    assert out.count("schema is current (version") == 2
+    assert out.count("model azure-vision:2023-04-15 is registered") == 2
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone() == (1,)
 
@@ -76,12 +79,12 @@ def test_cli_names_a_missing_setting_and_exits_2(
     assert err.startswith("error: setting DATABASE_URL is not set") and err.count("\n") == 1
 
 
-def test_cli_stats_on_a_new_database_shows_zeros(
+def test_cli_stats_on_a_new_database_says_to_migrate(
     postgres: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
 ) -> None:
     url = postgres.create_database("stats_fresh")  # type: ignore[attr-defined]
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
     monkeypatch.setenv("DATABASE_URL", url)
-    assert cli_main(["stats"]) == 0
-    out = capsys.readouterr().out
-    assert "images by status:" in out and "(none)" in out
+    assert cli_main(["stats"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: the database has no schema: run `python -m shared.cli migrate`\n"

@@ -46,7 +46,7 @@ def test_a_database_without_the_schema_says_how_to_create_it(postgres: object) -
     status, body = answer(Settings({"DATABASE_URL": url, "VISION_ENDPOINT": "https://x.cognitiveservices.azure.com/"}))
     assert status == 503
     db = body["checks"]["database"]  # type: ignore[index]
-    assert db["schema"] is False and "init-db" in db["error"]
+    assert db["schema"] is False and "python -m shared.cli migrate" in db["error"]
 
 
 def test_an_unreachable_database_answers_503_without_the_password() -> None:

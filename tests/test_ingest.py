@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 import numpy as np
@@ -16,7 +17,7 @@ from shared.cli import main as cli_main
 from shared.errors import DatabaseUnavailable, ProviderUnavailable
 from shared.ingest import Outcome, handle_blob_event, ingest_blob, reconcile
 from shared.runtime import Runtime
-from tests.appfns import bindings, handler
+from tests.appfns import bindings, blob_trigger_client, handler
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
 
@@ -31,23 +32,11 @@ def upload(rt: Runtime, name: str, data: bytes, content_type: str = "image/jpeg"
         )
 
 
-def as_host_delivers(rt: Runtime, name: str) -> func.blob.InputStream:
-    """The InputStream the Functions host hands the blob trigger: bytes plus trigger metadata."""
-    props = rt.blobs.container.get_blob_client(name).get_blob_properties()
-    data = rt.blobs.container.get_blob_client(name).download_blob().readall()
-    return func.blob.InputStream(
-        data=data,
-        name=f"{rt.settings.images_container}/{name}",
-        uri=rt.blobs.container.get_blob_client(name).url,
-        length=props.size,
-        blob_properties={
-            "ETag": props.etag,
-            "LastModified": props.last_modified.isoformat(),
-            "ContentType": props.content_settings.content_type,
-            "ContentLength": props.size,
-        },
-        metadata=dict(props.metadata or {}),
-    )
+def as_host_delivers(rt: Runtime, name: str) -> Any:
+    """What the Functions host hands the blob trigger: a BlobClient for the blob (SDK-type binding)."""
+    connection = rt.settings.raw("ImagesStorage")
+    assert connection is not None
+    return blob_trigger_client(connection, rt.settings.images_container, name)
 
 
 def deliver(rt: Runtime, name: str) -> None:
@@ -102,18 +91,12 @@ def test_the_same_blob_delivered_three_times_costs_one_embedding(runtime: Runtim
 
 def test_concurrent_deliveries_leave_one_row_and_one_call(runtime: Runtime, fake_vision: FakeVision) -> None:
     upload(runtime, "c.jpg", image_bytes("green"))
-    stream_bytes = as_host_delivers(runtime, "c.jpg")
-    payload = stream_bytes.read()
     fake_vision.latency = 0.2  # keep the first call in flight while the others arrive
     errors: list[BaseException] = []
 
     def one() -> None:
         try:
-            handler("index_image")(
-                func.blob.InputStream(
-                    data=payload, name=f"{runtime.settings.images_container}/c.jpg", length=len(payload)
-                )
-            )
+            handler("index_image")(as_host_delivers(runtime, "c.jpg"))
         except BaseException as exc:
             errors.append(exc)
 
@@ -213,9 +196,9 @@ def test_oversized_blob_is_recorded_without_reading_it_whole(runtime: Runtime, f
     assert row is not None and row.status == "failed" and row.failure_code == "TooLarge"
     assert row.byte_size == len(big)
     assert fake_vision.calls("image") == []
-    # The reconcile path reads with a ranged download: at most 20 MB + 1 byte.
+    # Every path reads the properties first: an oversized blob's bytes are never downloaded.
     data, info = runtime.blobs.read("huge.jpg", 20 * 1024 * 1024)
-    assert len(data) == 20 * 1024 * 1024 + 1 and info.size == len(big)
+    assert data == b"" and info.size == len(big)
 
 
 def test_an_image_the_service_refuses_is_recorded_and_not_sent_again(runtime: Runtime, fake_vision: FakeVision) -> None:

@@ -16,6 +16,7 @@ from shared.models import reembed, target
 from shared.runtime import Runtime, build_runtime, set_runtime
 from shared.search import Searcher
 from shared.settings import Settings
+from tests.conftest import prepare
 from tests.imagegen import image_bytes
 from tests.tiny_clip import build_tiny_clip  # needs onnx and onnxruntime: dev requirements
 
@@ -28,7 +29,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def clip_runtime(database_url: str, azurite: object, tiny_model: Path, pool: ConnectionPool) -> Iterator[Runtime]:
     with pool.connection() as conn:
-        conn.execute("TRUNCATE image_vectors, images, embedding_models")
+        conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
     container = f"l-{uuid.uuid4().hex[:12]}"
     settings = Settings(
         {
@@ -41,6 +42,7 @@ def clip_runtime(database_url: str, azurite: object, tiny_model: Path, pool: Con
             "CLIP_MODEL_NAME": "tiny-test",
         }
     )
+    prepare(settings)
     rt = build_runtime(settings)
     rt.blobs.ensure_container()
     set_runtime(rt)

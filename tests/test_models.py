@@ -10,6 +10,7 @@ import pytest
 from shared.catalogue import image_id
 from shared.errors import InvalidInput
 from shared.ingest import reconcile
+from shared.maintenance import drop_model
 from shared.models import reembed, register_target, target
 from shared.runtime import Runtime
 from tests.fake_vision import FakeVision
@@ -88,8 +89,8 @@ def test_reembed_activate_and_drop_while_search_keeps_answering(runtime: Runtime
     assert any(c["query"]["model-version"] == "2022-04-11" for c in fake_vision.calls("text"))
 
     with pytest.raises(InvalidInput, match="active model"):
-        runtime.store.registry.drop_model(NEW)
-    removed = runtime.store.registry.drop_model(OLD)
+        drop_model(runtime.settings, NEW)
+    removed = drop_model(runtime.settings, OLD)  # what `drop-model` runs: vectors, row, then the indexes
     assert removed == 25
     assert {m.model.model_id for m in runtime.store.registry.models()} == {NEW}
     with runtime.store.pool.connection() as conn:

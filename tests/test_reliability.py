@@ -39,6 +39,7 @@ from shared.runtime import Runtime, build_runtime, set_runtime
 from shared.settings import Settings, get_settings
 from tests.appfns import handler
 from tests.badfiles import CORPUS, BadFile, Tally
+from tests.conftest import prepare
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
 from tests.test_ingest import as_host_delivers, upload
@@ -61,11 +62,13 @@ def make_runtime(app_settings: Settings, pool: ConnectionPool) -> Iterator[Calla
     """Runtimes over one emptied collection and fresh container, with ``FAST`` plus any overrides;
     the last one made is the one the triggers use."""
     with pool.connection() as conn:
-        conn.execute("TRUNCATE image_vectors, images, embedding_models")
+        conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
     made: list[Runtime] = []
 
     def make(**overrides: str) -> Runtime:
-        rt = build_runtime(app_settings.with_overrides({**FAST, **overrides}))
+        settings = app_settings.with_overrides({**FAST, **overrides})
+        prepare(settings)
+        rt = build_runtime(settings)
         rt.blobs.ensure_container()
         set_runtime(rt)
         made.append(rt)
@@ -154,7 +157,10 @@ def audit(rt: Runtime, *, failed: dict[str, str] | None = None) -> Audit:
     for name in sorted(blobs - missing):
         _, status, sha, code, vectors, current = by_name[name]
         data = contents[name]
-        assert bytes(sha) == hashlib.sha256(data[: 20 * 1024 * 1024 + 1]).digest(), f"{name}: stale sha256"
+        if sha is None:  # refused from its size alone: its bytes were never read, so never hashed
+            assert code == "TooLarge" and len(data) > 20 * 1024 * 1024, f"{name}: no sha256"
+        else:
+            assert bytes(sha) == hashlib.sha256(data).digest(), f"{name}: stale sha256"
         if name in failed:
             assert (status, code, vectors) == ("failed", failed[name], 0), f"{name}: expected a clean failure"
             continue
@@ -441,19 +447,14 @@ def test_a_service_storm_across_many_deliveries_loses_nothing(
     names = [f"storm/{i:02d}.jpg" for i in range(40)]
     for i, name in enumerate(names):
         upload(rt, name, image_bytes(["red", "green", "blue", "yellow"][i % 4], (48, 40), seed=i))
-    deliveries = {n: as_host_delivers(rt, n) for n in names}
-    payloads = {n: deliveries[n].read() for n in names}
     fake_vision.rate_limit_per_second = 12
     tries: dict[str, int] = {}
 
     def host(name: str) -> None:
         for attempt in range(1, 6):  # poisonBlobThreshold: 5
             tries[name] = attempt
-            stream = func.blob.InputStream(
-                data=payloads[name], name=f"{rt.settings.images_container}/{name}", length=len(payloads[name])
-            )
             try:
-                handler("index_image")(stream)
+                handler("index_image")(as_host_delivers(rt, name))
                 return
             except ProviderUnavailable:
                 continue

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.catalogue import Catalogue as CatalogueWrites
-from shared.catalogue import ImageRecord
+from shared.catalogue import ImageRecord, image_id
 from shared.errors import InvalidImage, InvalidInput, ProviderUnavailable
 from shared.registry import Model
 from shared.runtime import Runtime
@@ -135,8 +134,8 @@ def test_images_of_another_container_are_not_part_of_the_collection(
 ) -> None:
     mine = catalogue.add("mine.png", "red")
     other = ImageRecord("elsewhere", "theirs.png", b"x" * 32, "image/png", 32, 24, 10)
-    with runtime.store.catalogue.locked("elsewhere", "theirs.png") as conn:
-        theirs = CatalogueWrites.save_indexed(conn, other, {runtime.model.model_id: FakeVision.vector_for_text("red")})
+    theirs = runtime.store.catalogue.save_indexed(other, {runtime.model.model_id: FakeVision.vector_for_text("red")})
+    assert theirs is not None
     assert [r.id for r in searcher.text("red").results] == [mine]
     with pytest.raises(ImageNotFound):
         searcher.get_image(theirs)
@@ -383,7 +382,8 @@ def test_a_cursor_cannot_be_replayed_on_another_query(catalogue: Catalogue, sear
 # --- the index under load: recall, filtered search, strategies -------------------------------------
 
 N = 3000
-MODEL = Model("synthetic:1", DIM, "active")
+# As the registry hands it out: with a halfvec index, HNSW_PRECISION's default.
+MODEL = Model("synthetic:1", DIM, "active", precision="halfvec")
 
 
 class Corpus:
@@ -412,25 +412,27 @@ class Corpus:
 def corpus(pool: ConnectionPool) -> Iterator[Corpus]:
     """3,000 vectors in 30 clusters, as real embeddings cluster; 1 % are PNG, 10 % GIF, the rest JPEG."""
     with pool.connection() as conn:
-        conn.execute("TRUNCATE image_vectors, images, embedding_models")
+        conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
     store = Store(pool)
-    store.registry.ensure_model(MODEL.model_id, DIM)
+    assert store.registry.ensure_model(MODEL.model_id, DIM).precision == MODEL.precision
     rng = np.random.default_rng(42)
     centers = unit(rng.standard_normal((30, DIM)))
     data = unit(centers[rng.integers(0, 30, N)] + 0.35 * unit(rng.standard_normal((N, DIM))) * rng.random((N, 1)))
     data = data.astype(np.float32)
     types = np.where(np.arange(N) % 100 == 0, "image/png", np.where(np.arange(N) % 10 == 1, "image/gif", "image/jpeg"))
-    ids = []
-    with pool.connection() as conn, conn.transaction():
-        for i, (v, ct) in enumerate(zip(data, types, strict=True)):
-            rec = ImageRecord("images", f"img-{i:05d}.jpg", str(i).encode(), str(ct), 64, 48, 1000 + i)
-            ids.append(CatalogueWrites.save_indexed(conn, rec, {MODEL.model_id: v}))
+    records = [
+        ImageRecord("images", f"img-{i:05d}.jpg", hashlib.sha256(str(i).encode()).digest(), str(ct), 64, 48, 1000 + i)
+        for i, ct in enumerate(types)
+    ]
+    store.bulk.upsert(records, data, MODEL.model_id)
+    ids = [image_id(r.container, r.name) for r in records]
+    with pool.connection() as conn:
         conn.execute("ANALYZE images")
         conn.execute("ANALYZE image_vectors")
     queries = unit(centers[rng.integers(0, 30, 20)] + 0.3 * unit(rng.standard_normal((20, DIM)))).astype(np.float32)
     yield Corpus(store, np.array(ids), data.astype(np.float64), types, queries)
     with pool.connection() as conn:
-        conn.execute("TRUNCATE image_vectors, images, embedding_models")
+        conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
 
 
 class TestTheIndex:

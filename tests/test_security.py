@@ -37,6 +37,7 @@ from shared.runtime import Runtime, build_runtime, set_runtime
 from shared.settings import Settings, get_settings
 from tests.appfns import bindings, handler, registered
 from tests.badfiles import Tally
+from tests.conftest import prepare
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
 from tests.test_ingest import as_host_delivers, upload
@@ -171,11 +172,12 @@ def secret_runtime(
     """A runtime whose Vision key and database password are recognisable (the test PostgreSQL trusts
     local connections, so any password works; the fake Vision server is given the key)."""
     with pool.connection() as conn:
-        conn.execute("TRUNCATE image_vectors, images, embedding_models")
+        conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
     fake_vision.key = VISION_KEY
     settings = app_settings.with_overrides(
         {"VISION_KEY": VISION_KEY, "DATABASE_URL": with_password(database_url, DB_PASSWORD), **FAST}
     )
+    prepare(settings)
     rt = build_runtime(settings)
     rt.blobs.ensure_container()
     set_runtime(rt)
