@@ -1420,19 +1420,35 @@ def test_pre_provision_does_nothing_before_the_first_provision(tmp_path: Path) -
     assert log(tmp_path, "azd.log") == []
 
 
-# --- the deployment guide ---------------------------------------------------------------------------
+# --- the deployment guide covers it all --------------------------------------------------------------
 
 
-def test_deploy_docs_cover_both_paths() -> None:
+def test_deploy_docs_cover_paths_admin_networking_budgets_and_dead_letters() -> None:
     text = (ROOT / "docs" / "deploy.md").read_text()
     for needle in (
         "azd up",
         "az deployment group create",
         "func azure functionapp publish",
+        "infra/scripts/post-provision.sh",
         "infra/scripts/post-deploy.sh",
-        "az functionapp keys list",
+        "infra/subscriptions.bicep",
+        "pgaadauth_create_principal_with_oid",
+        "grant-app-role",
+        "python -m shared.cli migrate",
+        "AZURE_PRINCIPAL_TYPE",
+        "AZURE_VISION_LOCATION",
+        "AZURE_CLIENT_IP_ADDRESS",
+        "AZURE_POSTGRES_ADMIN_OBJECT_ID",
+        "networkMode",
+        "sslmode=verify-full",
+        "PgBouncer",
+        "DATABASE_POOL_MAX",
+        "VISION_MAX_REQUESTS_PER_SECOND",
+        "eventgrid-deadletter",
+        "reconcile",
         "azd down",
         "az group delete",
         "postgresElasticCluster",
+        "Upgrading from the app-as-administrator layout",
     ):
         assert needle in text, needle
