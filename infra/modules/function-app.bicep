@@ -1,11 +1,18 @@
-// Function App on the Flex Consumption plan (Linux, Python 3.11) with a system-assigned identity.
+// Function App on the Flex Consumption plan (Linux, Python) with a system-assigned identity.
 // The deployment package lives in a blob container that the app reads with that identity.
+// Basic-auth publishing (FTP and the SCM/Kudu site) is switched off: deployments authenticate with
+// Microsoft Entra ID (azd, `func azure functionapp publish`, `az functionapp deployment`).
 //
 // References (Microsoft Learn, Bicep resource definitions):
 // - Microsoft.Web/serverfarms@2024-04-01
 //   https://learn.microsoft.com/azure/templates/microsoft.web/2024-04-01/serverfarms
-// - Microsoft.Web/sites@2024-04-01 (properties.functionAppConfig: deployment, runtime, scaleAndConcurrency)
+// - Microsoft.Web/sites@2024-04-01 (properties.functionAppConfig: deployment, runtime, scaleAndConcurrency;
+//   properties.virtualNetworkSubnetId for VNet integration)
 //   https://learn.microsoft.com/azure/templates/microsoft.web/2024-04-01/sites
+// - Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01 (names 'ftp' and 'scm', allow: false;
+//   siteConfig.ftpsState does not cover the SCM site)
+//   https://learn.microsoft.com/azure/templates/microsoft.web/2024-04-01/sites/basicpublishingcredentialspolicies
+// Types, enums and read-only flags checked against Azure/bicep-types-az generated/web/microsoft.web/2024-04-01/types.json.
 // Flex Consumption specifics follow "Create and manage function apps in the Flex Consumption plan"
 // (https://learn.microsoft.com/azure/azure-functions/flex-consumption-how-to) and the Microsoft
 // quickstart template quickstarts/microsoft.web/function-app-flex-managed-identities.
@@ -31,9 +38,13 @@ param deploymentStorageBlobEndpoint string
 @description('Container that holds the deployment package.')
 param deploymentContainerName string
 
+// Flex Consumption supports Python 3.10, 3.11 and 3.12 ("Supported language stack versions",
+// learn.microsoft.com/azure/azure-functions/flex-consumption-plan); this project needs 3.11 or later
+// (pyproject.toml requires-python), so 3.10 is left out.
 @description('Python version of the Functions runtime.')
 @allowed([
   '3.11'
+  '3.12'
 ])
 param pythonVersion string = '3.11'
 
@@ -45,13 +56,16 @@ param pythonVersion string = '3.11'
 ])
 param instanceMemoryMB int = 2048
 
-@description('Upper bound of instances per scale group; keep it low enough for the database connection limit.')
+@description('Upper bound of on-demand instances per function scale group (Flex Consumption applies it to each group: http, blob, and every other function on its own); keep groups x this x DATABASE_POOL_MAX within the database connection limit.')
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 10
 
 @description('App settings (name to value). Each one becomes an environment variable of the app.')
 param appSettings object
+
+@description('Resource ID of the subnet (delegated to Microsoft.App/environments) the app joins. Empty: no VNet integration.')
+param virtualNetworkSubnetId string = ''
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225:Zone redundancy on Flex Consumption is region-dependent and bills always-ready instances; this low-cost default scales to zero.
@@ -83,6 +97,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId
     siteConfig: {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
@@ -111,6 +126,22 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         version: pythonVersion
       }
     }
+  }
+}
+
+resource ftpCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
   }
 }
 

@@ -52,3 +52,4 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' = {
 output applicationInsightsName string = applicationInsights.name
 output connectionString string = applicationInsights.properties.ConnectionString
 output logAnalyticsName string = logAnalytics.name
+output logAnalyticsId string = logAnalytics.id

@@ -1,16 +1,20 @@
 // Azure Database for PostgreSQL flexible server (single node, or an elastic cluster running Citus)
-// with pgvector allow-listed and Microsoft Entra authentication only (no password exists).
+// with pgvector allow-listed, Microsoft Entra authentication only (no password exists) and one Entra
+// administrator: the deploying user or a group, never the Function App. The app's own, unprivileged role
+// and the database are created afterwards by infra/scripts/post-provision.sh, as that administrator.
 //
-// References (Microsoft Learn, Bicep resource definitions, API version 2025-08-01; the request
-// shapes were checked against the 2025-08-01 REST specification and its examples):
+// References (Microsoft Learn, Bicep resource definitions, API version 2025-08-01; properties, enums
+// and read-only flags checked against Azure/bicep-types-az generated/postgresql/microsoft.dbforpostgresql/2025-08-01/types.json):
 // - Microsoft.DBforPostgreSQL/flexibleServers@2025-08-01
 //   https://learn.microsoft.com/azure/templates/microsoft.dbforpostgresql/2025-08-01/flexibleservers
 // - Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2025-08-01
 //   https://learn.microsoft.com/azure/templates/microsoft.dbforpostgresql/2025-08-01/flexibleservers/firewallrules
 // - Microsoft.DBforPostgreSQL/flexibleServers/configurations@2025-08-01
 //   https://learn.microsoft.com/azure/templates/microsoft.dbforpostgresql/2025-08-01/flexibleservers/configurations
-// - Microsoft.DBforPostgreSQL/flexibleServers/databases@2025-08-01
-//   https://learn.microsoft.com/azure/templates/microsoft.dbforpostgresql/2025-08-01/flexibleservers/databases
+// - Microsoft.DBforPostgreSQL/flexibleServers/administrators@2025-08-01
+//   https://learn.microsoft.com/azure/templates/microsoft.dbforpostgresql/2025-08-01/flexibleservers/administrators
+// - Microsoft.Insights/diagnosticSettings@2021-05-01-preview
+//   https://learn.microsoft.com/azure/templates/microsoft.insights/2021-05-01-preview/diagnosticsettings
 //
 // The child resources are chained with dependsOn: the server accepts one change at a time and
 // answers a concurrent one with ServerIsBusy.
@@ -62,19 +66,69 @@ param clusterSkuName string = 'Standard_D2ds_v5'
 ])
 param clusterSkuTier string = 'GeneralPurpose'
 
-@description('Storage per node in GiB.')
-@minValue(32)
+// Premium SSD sizes a flexible server accepts (GiB): the disk tiers P4 to P80, where 4095 is the
+// largest size that still scales online. Any other value is rejected by the service.
+@description('Storage per node in GiB: one of the Premium SSD sizes (32 = P4 ... 32767 = P80). Storage can only grow.')
+@allowed([
+  32
+  64
+  128
+  256
+  512
+  1024
+  2048
+  4095
+  4096
+  8192
+  16384
+  32767
+])
 param storageSizeGB int = 32
 
-@description('Database to create on a single-node server. An elastic cluster has exactly one database, postgres.')
-param databaseName string = 'imagesearch'
+@description('Size the server has now, in GiB (0: new server or unknown). A server whose disk grew (storage autogrow) must not be asked for less: the larger of the two is deployed.')
+@minValue(0)
+param currentStorageSizeGB int = 0
 
-@description('Optional public IPv4 address (your workstation) allowed to connect, e.g. for psql. Empty: none.')
+@description('Grow the disk automatically before it fills up (single-node servers only: elastic clusters do not support it).')
+param storageAutoGrow bool = true
+
+@description('public: the public endpoint admits every Azure service (the 0.0.0.0 rule: the app has no fixed outbound address). private: the app comes through a private endpoint (main.bicep) and the public endpoint is closed, or open to clientIpAddress only.')
+@allowed([
+  'public'
+  'private'
+])
+param networkMode string = 'public'
+
+@description('Optional public IPv4 address (your workstation) allowed to connect, e.g. for psql and the post-provision step. Empty: none.')
 param clientIpAddress string = ''
 
-// Elastic clusters run PostgreSQL 17 only and offer a single database named postgres.
+@description('Object ID of the Microsoft Entra principal (user, group or service principal) that becomes the server administrator. Required: without an administrator nobody can log in to an Entra-only server.')
+@minLength(36)
+@maxLength(36)
+param administratorObjectId string
+
+@description('Name of the administrator role in PostgreSQL: for a user usually the user principal name, for a group its display name. Logins are matched on the object ID.')
+@minLength(1)
+param administratorName string
+
+@description('Kind of principal administratorObjectId is.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param administratorType string = 'User'
+
+@description('Resource ID of the Log Analytics workspace that receives the diagnostic logs and metrics.')
+param logAnalyticsWorkspaceId string
+
+// Elastic clusters run PostgreSQL 17 only, offer a single database named postgres and no storage
+// autogrow ("Elastic clusters limitations", Storage: "Storage Auto Scale isn't supported").
 var effectiveVersion = elasticCluster ? '17' : version
-var effectiveDatabaseName = elasticCluster ? 'postgres' : databaseName
+var effectiveStorageSizeGB = max(storageSizeGB, currentStorageSizeGB)
+var effectiveAutoGrow = elasticCluster ? 'Disabled' : (storageAutoGrow ? 'Enabled' : 'Disabled')
+var publicMode = (networkMode == 'public')
+var publicEndpointOpen = publicMode || !empty(clientIpAddress)
 
 resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2025-08-01' = {
   name: name
@@ -92,8 +146,8 @@ resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2025-08-01' = {
       tenantId: tenant().tenantId
     }
     storage: {
-      storageSizeGB: storageSizeGB
-      autoGrow: 'Enabled'
+      storageSizeGB: effectiveStorageSizeGB
+      autoGrow: effectiveAutoGrow
     }
     backup: {
       backupRetentionDays: 7
@@ -103,15 +157,16 @@ resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2025-08-01' = {
       mode: 'Disabled'
     }
     network: {
-      publicNetworkAccess: 'Enabled'
+      publicNetworkAccess: publicEndpointOpen ? 'Enabled' : 'Disabled'
     }
     cluster: elasticCluster ? { clusterSize: clusterSize } : null
   }
 }
 
 // 0.0.0.0-0.0.0.0 is the documented way to let Azure services (here: the Function App on Flex
-// Consumption, whose outbound addresses are not fixed) reach the server.
-resource allowAzureServices 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2025-08-01' = {
+// Consumption, whose outbound addresses are not fixed) reach the server. It admits traffic from any
+// Azure tenant; the Entra-only login is what keeps others out. The private network mode drops it.
+resource allowAzureServicesRule 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2025-08-01' = if (publicMode) {
   parent: server
   name: 'AllowAllAzureServicesAndResourcesWithinAzureIps'
   properties: {
@@ -128,11 +183,11 @@ resource allowClient 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@20
     endIpAddress: clientIpAddress
   }
   dependsOn: [
-    allowAzureServices
+    allowAzureServicesRule
   ]
 }
 
-// Allow-list pgvector; the app then runs CREATE EXTENSION vector itself.
+// Allow-list pgvector; the migration (run as the administrator) then runs CREATE EXTENSION vector.
 resource extensions 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2025-08-01' = {
   parent: server
   name: 'azure.extensions'
@@ -141,23 +196,47 @@ resource extensions 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@20
     source: 'user-override'
   }
   dependsOn: [
-    allowAzureServices
+    allowAzureServicesRule
     allowClient
   ]
 }
 
-resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2025-08-01' = if (!elasticCluster) {
+// The one administrator: a member of azure_pg_admin, with CREATEROLE and CREATEDB. It creates the
+// database, runs the migrations and creates the app's role (infra/scripts/post-provision.sh).
+resource administrator 'Microsoft.DBforPostgreSQL/flexibleServers/administrators@2025-08-01' = {
   parent: server
-  name: databaseName
+  name: administratorObjectId
   properties: {
-    charset: 'UTF8'
-    collation: 'en_US.utf8'
+    principalType: administratorType
+    principalName: administratorName
+    tenantId: tenant().tenantId
   }
   dependsOn: [
     extensions
   ]
 }
 
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: server
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
+
 output name string = server.name
+output id string = server.id
 output host string = server.properties.fullyQualifiedDomainName
-output databaseName string = effectiveDatabaseName
+output administratorName string = administratorName

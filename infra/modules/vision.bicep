@@ -2,9 +2,13 @@
 // Keyless by default: the app calls it with a Microsoft Entra token, which needs the custom
 // subdomain endpoint https://<customSubDomainName>.cognitiveservices.azure.com/.
 //
-// Reference (Microsoft Learn, Bicep resource definition):
+// The account has no managed identity: it calls nothing on its own behalf (the app calls it).
+//
+// References (Microsoft Learn, Bicep resource definitions):
 // - Microsoft.CognitiveServices/accounts@2024-10-01
 //   https://learn.microsoft.com/azure/templates/microsoft.cognitiveservices/2024-10-01/accounts
+// - Microsoft.Insights/diagnosticSettings@2021-05-01-preview
+//   https://learn.microsoft.com/azure/templates/microsoft.insights/2021-05-01-preview/diagnosticsettings
 
 @description('Account name; also used as the globally unique custom subdomain.')
 @minLength(2)
@@ -41,8 +45,26 @@ param skuName string = 'S1'
 @description('Disable API keys so that only Microsoft Entra tokens are accepted.')
 param disableLocalAuth bool = true
 
+@description('public: the public endpoint is open (Entra tokens still required). private: the app comes through a private endpoint (main.bicep) and the public endpoint is closed, or open to allowedIpAddress only.')
+@allowed([
+  'public'
+  'private'
+])
+param networkMode string = 'public'
+
+@description('In the private mode: one public IPv4 address (your workstation) still allowed through the public endpoint, e.g. for the post-provision step. Empty: none.')
+param allowedIpAddress string = ''
+
+@description('Resource ID of the Log Analytics workspace that receives the diagnostic logs and metrics.')
+param logAnalyticsWorkspaceId string
+
+// Public: open to all (Entra tokens still required). Private: closed, or open to one address only.
+var publicMode = (networkMode == 'public')
+var publicEndpointOpen = publicMode || !empty(allowedIpAddress)
+
 resource vision 'Microsoft.CognitiveServices/accounts@2024-10-01' = {
-  // checkov:skip=CKV_AZURE_134:The Function App (Flex Consumption, no VNet integration) calls the public endpoint; local auth (keys) is disabled, so every call needs an Entra token and the Cognitive Services User role.
+  // checkov:skip=CKV_AZURE_238:The account calls nothing on its own behalf (no customer-managed keys, no linked storage), so a managed identity would be an unused credential; the app reaches it with its own identity.
+  // checkov:skip=CKV_AZURE_134:In the default public network mode the Function App (Flex Consumption) calls the public endpoint; local auth (keys) is disabled, so every call needs an Entra token and the Cognitive Services User role. networkMode=private closes it (docs/deploy.md, Networking).
   name: name
   location: location
   tags: tags
@@ -50,16 +72,40 @@ resource vision 'Microsoft.CognitiveServices/accounts@2024-10-01' = {
   sku: {
     name: skuName
   }
-  identity: {
-    type: 'SystemAssigned'
-  }
   properties: {
     customSubDomainName: name
     disableLocalAuth: disableLocalAuth
-    publicNetworkAccess: 'Enabled'
-    networkAcls: {
+    publicNetworkAccess: publicEndpointOpen ? 'Enabled' : 'Disabled'
+    networkAcls: publicMode ? {
       defaultAction: 'Allow'
+    } : {
+      defaultAction: 'Deny'
+      ipRules: empty(allowedIpAddress) ? [] : [
+        {
+          value: allowedIpAddress
+        }
+      ]
     }
+  }
+}
+
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: vision
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
   }
 }
 
