@@ -213,7 +213,7 @@ def bench(url: str, kind: str, n: int, nq: int, *, filtered_too: bool, rebuilds:
     def store_search(
         st: Store, filters: SearchFilters | None = None, strategy: str = "auto"
     ) -> Callable[[int], list[int]]:
-        return lambda q: [h.id for h in st.search(model, qv[q], K, filters=filters, strategy=strategy).hits]
+        return lambda q: [h.id for h in st.vectors.search(model, qv[q], K, filters=filters, strategy=strategy).hits]
 
     def searcher_search(st: Store, filters: Filters | None = None) -> Callable[[int], list[int]]:
         searcher = Searcher(st, FixedModel(model, provider), container=CONTAINER)

@@ -399,6 +399,7 @@ var appSettings = {
   DATABASE_URL: 'postgresql://${functionAppName}@${postgres.outputs.host}:5432/${databaseName}?sslmode=verify-full&sslrootcert=system'
   DATABASE_AUTH: 'entra'
   DATABASE_POOL_MAX: string(databasePoolMax)
+  HNSW_PRECISION: 'halfvec'
   HNSW_M: '16'
   HNSW_EF_CONSTRUCTION: '64'
   HNSW_EF_SEARCH: '80'

@@ -143,7 +143,9 @@ def open_store(settings: Settings, credential: object | None = None) -> Store:
         translate_errors("checking the schema"),
     ):
         require_schema(conn)
-    work = make_pool(settings, credential)
+    # Both pools open connections only when used: an instance that only searches never opens the
+    # ingestion pool (Flex Consumption scales HTTP and blob triggers as separate groups).
+    work = make_pool(settings, credential, min_size=0)
     _, search_size = pool_sizes(settings.database_pool_max)
     search = make_pool(settings, credential, role="search", min_size=0) if search_size else None
     return Store(work, search_pool=search, index=index_spec(settings), ef_search=settings.hnsw_ef_search)

@@ -6,7 +6,6 @@ import threading
 from functools import cache
 from typing import Any
 
-
 _lock = threading.Lock()
 
 
