@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from azure.core.exceptions import (
     AzureError,
@@ -26,7 +27,7 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
-from .errors import PermanentError, TransientError
+from .errors import AccessDenied, PermanentError, ResourceMissing, ServiceRefused, TransientError
 from .settings import Settings, StorageConnection
 
 
@@ -92,13 +93,17 @@ class ImageBlobs:
             settings.thumbnails_container,
         )
 
-    def ensure_container(self) -> None:
-        """Create the images (and thumbnails) containers if missing: private, no public access."""
+    def ensure_container(self) -> list[str]:
+        """Create the images (and thumbnails) containers if missing: private, no public access. Returns the
+        names of those it created."""
+        created: list[str] = []
         with _storage_errors("creating the containers"):
             for client in (self.container, self.thumbnails):
                 if client is not None and not client.exists():
                     with contextlib.suppress(ResourceExistsError):
                         client.create_container()
+                        created.append(str(client.container_name))
+        return created
 
     def thumbnail_writer(self) -> Callable[[str, bytes], None] | None:
         """A function that makes and stores the thumbnail of an image, or None without a thumbnails container."""
@@ -256,15 +261,87 @@ def _total_size(props: Any, read: int) -> int:
 
 @contextmanager
 def _storage_errors(what: str) -> Iterator[None]:
-    """Map Azure SDK failures: network, throttling and 5xx are transient; the rest propagate."""
+    """Map Azure SDK failures to the project's errors, each with one line that says what to do next.
+
+    Network failures, throttling and 5xx are transient (:class:`StorageUnavailable`); not found is
+    :class:`ResourceMissing` (a blob that is gone is caught inside the block, where it is expected);
+    401/403 is :class:`AccessDenied`; other 4xx are :class:`ServiceRefused`. 304, 409 and 412 propagate
+    as the SDK raises them: they are answers a caller acts on (not modified, exists, changed).
+    """
     try:
         yield
-    except ResourceNotFoundError:
-        raise
+    except ResourceNotFoundError as exc:
+        raise ResourceMissing(_missing(exc, what), code=_error_code(exc) or "ResourceNotFound") from exc
     except (ServiceRequestError, ServiceResponseError) as exc:
-        raise StorageUnavailable(f"storage unreachable while {what}: {exc}") from exc
+        raise StorageUnavailable(
+            f"storage unreachable while {what}: {_first_line(exc)} — check that the endpoint in ImagesStorage is "
+            "right and up (locally, `make run` starts Azurite)"
+        ) from exc
     except AzureError as exc:
         status = getattr(exc, "status_code", None)
         if status is None or status == 429 or status >= 500:
-            raise StorageUnavailable(f"storage error while {what}: {exc}") from exc
-        raise
+            raise StorageUnavailable(f"storage error while {what}: {_first_line(exc)}") from exc
+        if status < 400 or status in (409, 412):
+            raise
+        code = _error_code(exc) or str(status)
+        account, _ = _location(exc)
+        if status in (401, 403):
+            raise AccessDenied(
+                f"storage account '{account}' refused {what} ({status} {code}): {_access_hint(exc)}", code=code
+            ) from exc
+        raise ServiceRefused(f"storage account '{account}' refused {what} ({status} {code})", code=code) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _error_code(exc: AzureError) -> str | None:
+    """Storage's error code (``ContainerNotFound``, ``AuthenticationFailed``, …); the SDK gives an enum or a str."""
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code)) if code else None
+
+
+def _location(exc: AzureError) -> tuple[str, str | None]:
+    """(account, container) of the failed request, from its URL: ``https://<account>.blob…/<container>/…``,
+    or path-style ``http://127.0.0.1:10000/<account>/<container>/…`` for Azurite."""
+    response = getattr(exc, "response", None)
+    url = str(response.request.url) if response is not None and response.request is not None else ""
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    parts = [unquote(p) for p in parsed.path.split("/") if p]
+    path_style = "." not in host or host.replace(".", "").isdigit() or ":" in host
+    if path_style:
+        account = parts[0] if parts else host or "?"
+        parts = parts[1:]
+    else:
+        account = host.split(".")[0]
+    return account, (parts[0] if parts else None)
+
+
+def _missing(exc: ResourceNotFoundError, what: str) -> str:
+    account, container = _location(exc)
+    code = _error_code(exc)
+    if code == "ContainerNotFound" and container:
+        return (
+            f"container '{container}' does not exist in storage account '{account}' ({what}): check the name in "
+            "IMAGES_CONTAINER (or THUMBNAILS_CONTAINER), or create it (`make run` and `python -m shared.cli "
+            "upload` do)"
+        )
+    return f"not found in storage account '{account}' while {what} ({code or 404})"
+
+
+def _access_hint(exc: AzureError) -> str:
+    """What to fix, by how the refused request was signed (never showing the key, token or signature)."""
+    response = getattr(exc, "response", None)
+    request = response.request if response is not None else None
+    auth = str(request.headers.get("Authorization", "")) if request is not None else ""
+    if auth.startswith("Bearer"):
+        return (
+            "give this app's identity a Storage Blob Data role on the account (Contributor to upload; new role "
+            "assignments take a few minutes)"
+        )
+    if request is not None and "sig=" in str(request.url):
+        return "the SAS in ImagesStorage is wrong, expired or lacks a permission"
+    return "check the account name and account key in ImagesStorage (and the account's network rules)"

@@ -13,14 +13,42 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from .errors import AppError, SettingError, TransientError
+from .errors import (
+    AppError,
+    ProviderMisconfigured,
+    ServiceRefused,
+    SettingError,
+    TransientError,
+)
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+
+
+class Exit(IntEnum):
+    """The exit codes, each naming what to do next (the table is in README and ``--help``)."""
+
+    OK = 0
+    BAD_INPUT = 1
+    CONFIGURATION = 2
+    TEMPORARY = 3
+    REFUSED = 4
+    INTERRUPTED = 130
+
+
+EXIT_CODES: Final[tuple[tuple[Exit, str], ...]] = (
+    (Exit.OK, "done"),
+    (Exit.BAD_INPUT, "bad input: an argument, a file or a query is wrong (or a command's own refusal)"),
+    (Exit.CONFIGURATION, "configuration: a setting is missing, malformed or points at nothing; the line names it"),
+    (Exit.TEMPORARY, "temporary: a service is down, restarting or throttling, or blobs were left to do; run again"),
+    (Exit.REFUSED, "refused: a service answered no (no such container, wrong key, missing role); the line says"),
+    (Exit.INTERRUPTED, "interrupted (Ctrl+C)"),
+)
 
 
 def load_local_settings(path: Path = Path("local.settings.json")) -> dict[str, str]:
@@ -92,7 +120,9 @@ def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
     from .images import inspect_image
 
     blobs = ImageBlobs.from_settings(settings)
-    blobs.ensure_container()
+    if settings.images_container in blobs.ensure_container():
+        # Said aloud: a misspelt IMAGES_CONTAINER would otherwise fill a container nothing indexes.
+        print(f"created container '{settings.images_container}' (it did not exist)", file=sys.stderr)
     files = _files(args.paths)
     prefix = args.prefix.strip("/") + "/" if args.prefix else ""
     uploaded = skipped = 0
@@ -304,8 +334,21 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # A mistyped command line is bad input (1), like a bad value; argparse's own 2 reads as "configuration".
+        self.print_usage(sys.stderr)
+        self.exit(Exit.BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.splitlines()[0])
+    epilog = "exit codes:\n" + "\n".join(f"  {int(code):<4} {meaning}" for code, meaning in EXIT_CODES)
+    parser = _Parser(
+        prog="python -m shared.cli",
+        description=__doc__.splitlines()[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (never secrets)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("init-db", help="create the extension, tables and indexes (safe to run again)")
@@ -366,21 +409,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return int(_run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; a failure the project knows ends with one line on stderr and its exit code."""
     try:
         settings = Settings(load_local_settings())
         return int(args.func(settings, args))
     except SettingError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return Exit.CONFIGURATION
+    except (ServiceRefused, ProviderMisconfigured) as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return Exit.REFUSED
     except TransientError as exc:
         print(f"error: {exc.message} (temporary: try again)", file=sys.stderr)
-        return 3
+        return Exit.TEMPORARY
     except AppError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        return Exit.BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""The command line as an operator meets it: one line per mistake, an exit code that says what to do next,
+and an answer within seconds when a service is unreachable (issue #16, items 4, 5, 7, 8 and 9).
+
+Everything runs against the real services the fixtures start (Azurite, PostgreSQL, the fake Vision
+server); "unreachable" is a port nothing listens on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from scripts.services import AZURITE_ACCOUNT, AZURITE_KEY, ROOT, Azurite, free_port
+from shared.blobs import ImageBlobs
+from shared.cli import EXIT_CODES, Exit, build_parser
+from shared.cli import main as cli_main
+from shared.errors import AccessDenied, ResourceMissing
+from shared.settings import SETTING_NAMES, Settings
+from tests.imagegen import image_bytes
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+    @property
+    def error_lines(self) -> list[str]:
+        """What the command printed on stderr, progress bars aside."""
+        return [line for line in self.err.splitlines() if line.strip() and "it/s" not in line and "|" not in line]
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """Runs ``python -m shared.cli`` in this process with only the settings a test gives it."""
+    for name in (*SETTING_NAMES, "ImagesStorage__blobServiceUri", "ImagesStorage__accountName"):
+        monkeypatch.delenv(name, raising=False)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # no local.settings.json: the environment alone
+    return CliRunner(monkeypatch, capsys)
+
+
+class CliRunner:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        self.monkeypatch = monkeypatch
+        self.capsys = capsys
+
+    def use(self, settings: Settings | None = None, **values: str) -> None:
+        names = ("DATABASE_URL", "ImagesStorage", "IMAGES_CONTAINER", "THUMBNAILS_CONTAINER", "VISION_ENDPOINT")
+        for name in (*names, "VISION_KEY", "VISION_MAX_RETRY_SECONDS"):
+            value = settings.raw(name) if settings is not None else None
+            if value is not None:
+                self.monkeypatch.setenv(name, value)
+        for name, value in values.items():
+            self.monkeypatch.setenv(name, value)
+
+    def __call__(self, *args: str) -> Run:
+        self.capsys.readouterr()
+        started = time.monotonic()
+        code = cli_main(list(args))
+        seconds = time.monotonic() - started
+        captured = self.capsys.readouterr()
+        return Run(code, captured.out, captured.err, seconds)
+
+
+def run_process(args: list[str], env: dict[str, str], cwd: Path) -> Run:
+    """The CLI in its own process: what a user's terminal shows, logging configuration included."""
+    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(cwd)}
+    started = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], env={**base, **env}, cwd=cwd, capture_output=True, text=True
+    )
+    return Run(p.returncode, p.stdout, p.stderr, time.monotonic() - started)
+
+
+def unreachable_storage() -> str:
+    """A connection string for an account whose endpoint nothing listens on."""
+    port = free_port()
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    )
+
+
+def wrong_key(azurite: Azurite) -> str:
+    return azurite.connection_string.replace(AZURITE_KEY, "A" * 86 + "==")
+
+
+def one_line(run: Run) -> str:
+    lines = run.error_lines
+    assert len(lines) == 1, run.err
+    assert "Traceback" not in run.err
+    return lines[0]
+
+
+# --- exit codes ------------------------------------------------------------------------------------
+
+
+def test_help_and_readme_list_the_same_exit_codes() -> None:
+    text = build_parser().format_help()
+    readme = (ROOT / "README.md").read_text()
+    cli_section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    assert [int(code) for code, _ in EXIT_CODES] == [0, 1, 2, 3, 4, 130]
+    for code, meaning in EXIT_CODES:
+        assert re.search(rf"^\s+{int(code)}\s+{re.escape(meaning.split(':')[0])}", text, re.MULTILINE), code
+        assert re.search(rf"^\| `{int(code)}` \| {re.escape(meaning.split(':')[0])}", cli_section, re.MULTILINE), code
+
+
+def test_a_usage_mistake_is_bad_input(cli: CliRunner) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli("upload")
+    assert exited.value.code == Exit.BAD_INPUT == 1
+
+
+# --- item 4: storage mistakes get one line and exit 4 ----------------------------------------------
+
+
+def test_reconcile_when_the_images_container_does_not_exist_names_it_and_exits_4(
+    cli: CliRunner, app_settings: Settings
+) -> None:
+    # A misspelt IMAGES_CONTAINER and "before the first upload" look the same to Storage: no such container.
+    cli.use(app_settings)
+    run = cli("reconcile")
+    line = one_line(run)
+    assert run.code == Exit.REFUSED == 4
+    container = app_settings.images_container
+    assert line.startswith("error: container ") and f"'{container}' does not exist" in line, line
+    assert "IMAGES_CONTAINER" in line and "create it" in line
+
+
+def test_upload_with_a_wrong_account_key_says_so_in_one_line(cli: CliRunner, azurite: Azurite, tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(image_bytes(fmt="PNG"))
+    cli.use(ImagesStorage=wrong_key(azurite), IMAGES_CONTAINER="wrong-key")
+    run = cli("upload", str(tmp_path / "a.png"))
+    line = one_line(run)
+    assert run.code == Exit.REFUSED
+    assert f"storage account '{AZURITE_ACCOUNT}' refused" in line and "403" in line, line
+    assert "account key in ImagesStorage" in line
+    assert AZURITE_KEY not in run.err and "A" * 86 not in run.err
+
+
+def test_reconcile_with_a_wrong_account_key_exits_4(cli: CliRunner, app_settings: Settings, azurite: Azurite) -> None:
+    cli.use(app_settings, ImagesStorage=wrong_key(azurite))
+    run = cli("reconcile")
+    assert run.code == Exit.REFUSED
+    assert "403" in one_line(run)
+
+
+def test_storage_refusals_become_the_projects_errors(app_settings: Settings, azurite: Azurite) -> None:
+    missing = ImageBlobs.from_settings(app_settings)
+    with pytest.raises(ResourceMissing) as not_found:
+        list(missing.list())
+    assert not_found.value.code == "ContainerNotFound"
+    refused = ImageBlobs.from_settings(app_settings.with_overrides({"ImagesStorage": wrong_key(azurite)}))
+    with pytest.raises(AccessDenied) as denied:
+        list(refused.list())
+    assert "\n" not in denied.value.message
+
+
+def test_upload_says_when_it_creates_the_container(cli: CliRunner, azurite: Azurite, tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(image_bytes(fmt="PNG"))
+    container = f"new-{uuid.uuid4().hex[:8]}"
+    cli.use(ImagesStorage=azurite.connection_string, IMAGES_CONTAINER=container)
+    run = cli("upload", str(tmp_path / "a.png"))
+    assert run.code == Exit.OK
+    assert f"created container '{container}'" in run.err
+    assert cli("upload", str(tmp_path / "a.png")).err.count("created container") == 0
