@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlparse
 
 from azure.core.exceptions import (
@@ -60,23 +60,33 @@ def normalize_etag(etag: str | None) -> str | None:
     return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
-def make_service_client(conn: StorageConnection, credential: Any | None = None) -> BlobServiceClient:
-    """A client for the images account, from a connection string or a managed identity."""
+def make_service_client(
+    conn: StorageConnection, credential: Any | None = None, profile: str = "ingest"
+) -> BlobServiceClient:
+    """A client for the images account, from a connection string or a managed identity, that retries and
+    times out as its caller can afford: ``profile`` is one of :data:`STORAGE_PROFILES`."""
+    options = STORAGE_PROFILES[profile].client_options()
     if conn.connection_string is not None:
-        return BlobServiceClient.from_connection_string(conn.connection_string)
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential(managed_identity_client_id=conn.client_id)
+        return BlobServiceClient.from_connection_string(conn.connection_string, **options)
     assert conn.blob_service_uri is not None
-    return BlobServiceClient(conn.blob_service_uri, credential=credential)
+    return BlobServiceClient(conn.blob_service_uri, credential=credential or _identity(conn), **options)
 
 
 class ImageBlobs:
     """The images container: list, read with a size cap, upload, and sign read links."""
 
-    def __init__(self, service: BlobServiceClient, container: str, thumbnails: str | None = None) -> None:
+    def __init__(
+        self,
+        service: BlobServiceClient,
+        container: str,
+        thumbnails: str | None = None,
+        *,
+        links_service: BlobServiceClient | None = None,
+    ) -> None:
         self.service = service
+        # Read links are signed while a search waits: their one network call (a user delegation key, with a
+        # managed identity) goes through a client that gives up within a second or two.
+        self.links_service = links_service or service
         self.container_name = container
         self.container: ContainerClient = service.get_container_client(container)
         self.thumbnails_name = thumbnails
@@ -86,11 +96,17 @@ class ImageBlobs:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, credential: Any | None = None) -> ImageBlobs:
+    def from_settings(cls, settings: Settings, credential: Any | None = None, *, profile: str = "ingest") -> ImageBlobs:
+        """The images account as ``settings`` name it; ``profile`` (see :data:`STORAGE_PROFILES`) sets how long
+        its calls may wait: ``ingest`` for the triggers, ``cli`` for commands. Read links always use ``links``."""
+        conn = settings.images_storage
+        if conn.uses_identity and credential is None:
+            credential = _identity(conn)  # one credential (and token cache) for both clients
         return cls(
-            make_service_client(settings.images_storage, credential),
+            make_service_client(conn, credential, profile),
             settings.images_container,
             settings.thumbnails_container,
+            links_service=make_service_client(conn, credential, "links"),
         )
 
     def ensure_container(self) -> list[str]:
@@ -243,7 +259,9 @@ class ImageBlobs:
             if self._delegation_key is None or self._delegation_expiry is None or self._delegation_expiry < expiry:
                 key_expiry = now + timedelta(hours=6)
                 with _storage_errors("getting a user delegation key (needs Storage Blob Delegator)"):
-                    self._delegation_key = self.service.get_user_delegation_key(now - timedelta(minutes=5), key_expiry)
+                    self._delegation_key = self.links_service.get_user_delegation_key(
+                        now - timedelta(minutes=5), key_expiry
+                    )
                 self._delegation_expiry = key_expiry
             assert self._delegation_key is not None
             return self._delegation_key
@@ -345,3 +363,57 @@ def _access_hint(exc: AzureError) -> str:
     if request is not None and "sig=" in str(request.url):
         return "the SAS in ImagesStorage is wrong, expired or lacks a permission"
     return "check the account name and account key in ImagesStorage (and the account's network rules)"
+
+
+# --- how long each caller waits for Storage ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageProfile:
+    """Retries and timeouts for one kind of caller, given to the SDK's own ExponentialRetry policy and transport.
+
+    The SDK waits ``initial_backoff + increment_base ** n`` seconds (± ``jitter``) before retry n (1, 2, …).
+    Its defaults (3 retries after 15 + 3, 15 + 9, 15 + 27 s; 20 s to connect) made a command with Storage
+    unreachable take ~85 s to say so. (azure-core's ``retry_backoff_factor`` does not apply: Storage clients
+    bring their own retry policy.)
+    """
+
+    retry_total: int
+    initial_backoff: float
+    increment_base: float
+    jitter: float
+    connection_timeout: float  # seconds to open a connection
+    read_timeout: float  # seconds to wait for each read from the socket
+
+    def client_options(self) -> dict[str, Any]:
+        return {
+            "retry_total": self.retry_total,
+            "initial_backoff": self.initial_backoff,
+            "increment_base": self.increment_base,
+            "random_jitter_range": self.jitter,
+            "connection_timeout": self.connection_timeout,
+            "read_timeout": self.read_timeout,
+        }
+
+
+STORAGE_PROFILES: Final[dict[str, StorageProfile]] = {
+    # Blob trigger, Event Grid deletes, the reconcile timer: nobody waits on them, and the host retries a
+    # failed invocation anyway; ride out a short blip (waits ~3, 5, 9 s), then fail so the host takes over.
+    "ingest": StorageProfile(
+        retry_total=3, initial_backoff=1, increment_base=2, jitter=1, connection_timeout=10, read_timeout=60
+    ),
+    # Commands: someone is watching; one line within seconds (waits ~1.5, 1.5 s) beats a minute of silence.
+    "cli": StorageProfile(
+        retry_total=2, initial_backoff=0.5, increment_base=1, jitter=0.5, connection_timeout=5, read_timeout=30
+    ),
+    # Read links for a search answer (a user delegation key): one quick retry, then the search answers 503.
+    "links": StorageProfile(
+        retry_total=1, initial_backoff=0, increment_base=0.5, jitter=0.25, connection_timeout=2, read_timeout=5
+    ),
+}
+
+
+def _identity(conn: StorageConnection) -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=conn.client_id)

@@ -77,9 +77,13 @@ def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _runtime(settings: Settings) -> Runtime:
+    from .blobs import ImageBlobs
     from .runtime import build_runtime
 
-    return build_runtime(settings)
+    rt = build_runtime(settings)
+    # The runtime's storage client is as patient as the blob trigger; a command should answer in seconds.
+    rt.blobs = ImageBlobs.from_settings(settings, profile="cli")
+    return rt
 
 
 def _bar(total: int | None, desc: str, unit: str = "file") -> Any:
@@ -119,7 +123,7 @@ def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
     from .errors import InvalidImage
     from .images import inspect_image
 
-    blobs = ImageBlobs.from_settings(settings)
+    blobs = ImageBlobs.from_settings(settings, profile="cli")
     if settings.images_container in blobs.ensure_container():
         # Said aloud: a misspelt IMAGES_CONTAINER would otherwise fill a container nothing indexes.
         print(f"created container '{settings.images_container}' (it did not exist)", file=sys.stderr)

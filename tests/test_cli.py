@@ -15,11 +15,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from scripts.services import AZURITE_ACCOUNT, AZURITE_KEY, ROOT, Azurite, free_port
-from shared.blobs import ImageBlobs
+from shared.blobs import ImageBlobs, StorageUnavailable
 from shared.cli import EXIT_CODES, Exit, build_parser
 from shared.cli import main as cli_main
 from shared.errors import AccessDenied, ResourceMissing
@@ -176,3 +177,42 @@ def test_upload_says_when_it_creates_the_container(cli: CliRunner, azurite: Azur
     assert run.code == Exit.OK
     assert f"created container '{container}'" in run.err
     assert cli("upload", str(tmp_path / "a.png")).err.count("created container") == 0
+
+
+# --- item 7: an unreachable service gets one line within seconds -----------------------------------
+
+
+def test_upload_with_storage_unreachable_fails_within_seconds_in_one_line(cli: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(image_bytes(fmt="PNG"))
+    cli.use(ImagesStorage=unreachable_storage())
+    run = cli("upload", str(tmp_path / "a.png"))
+    line = one_line(run)
+    assert run.code == Exit.TEMPORARY
+    assert "storage unreachable" in line and "ImagesStorage" in line, line
+    assert run.seconds < 20  # the SDK's defaults took 87 s; the CLI's profile about 3 s
+
+
+def test_reconcile_with_storage_unreachable_fails_within_seconds_in_one_line(
+    cli: CliRunner, app_settings: Settings
+) -> None:
+    cli.use(app_settings, ImagesStorage=unreachable_storage())
+    run = cli("reconcile")
+    assert run.code == Exit.TEMPORARY
+    assert "storage unreachable" in one_line(run)
+    assert run.seconds < 20  # 83 s before
+
+
+class FakeCredential:
+    def get_token(self, *scopes: str, **kwargs: object) -> SimpleNamespace:
+        return SimpleNamespace(token="token", expires_on=int(time.time()) + 3600)
+
+
+def test_read_links_give_up_fast_when_storage_is_unreachable() -> None:
+    # With a managed identity, a read link needs a user delegation key from Storage: a search must not
+    # wait for the SDK's default retries (a minute) to answer 503.
+    settings = Settings({"ImagesStorage__blobServiceUri": f"https://127.0.0.1:{free_port()}"})
+    blobs = ImageBlobs.from_settings(settings, credential=FakeCredential())
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        blobs.read_link("a.jpg", 15)
+    assert time.monotonic() - started < 10
