@@ -109,12 +109,12 @@ class ImageBlobs:
             links_service=make_service_client(conn, credential, "links"),
         )
 
-    def ensure_container(self) -> list[str]:
-        """Create the images (and thumbnails) containers if missing: private, no public access. Returns the
-        names of those it created."""
+    def ensure_container(self, *, images: bool = True) -> list[str]:
+        """Create the images (unless ``images`` is False) and thumbnails containers if missing: private, no
+        public access. Returns the names of those it created."""
         created: list[str] = []
         with _storage_errors("creating the containers"):
-            for client in (self.container, self.thumbnails):
+            for client in (self.container if images else None, self.thumbnails):
                 if client is not None and not client.exists():
                     with contextlib.suppress(ResourceExistsError):
                         client.create_container()
@@ -133,15 +133,27 @@ class ImageBlobs:
             from .thumbnails import THUMBNAIL_CONTENT_TYPE, make_thumbnail
 
             preview = make_thumbnail(data)
-            with _storage_errors(f"storing the thumbnail of {name}"):
-                thumbnails.upload_blob(
-                    name,
-                    preview,
-                    overwrite=True,
-                    content_settings=ContentSettings(
-                        content_type=THUMBNAIL_CONTENT_TYPE, cache_control="private, max-age=3600"
-                    ),
-                )
+
+            def store() -> None:
+                with _storage_errors(f"storing the thumbnail of {name}"):
+                    thumbnails.upload_blob(
+                        name,
+                        preview,
+                        overwrite=True,
+                        content_settings=ContentSettings(
+                            content_type=THUMBNAIL_CONTENT_TYPE, cache_control="private, max-age=3600"
+                        ),
+                    )
+
+            try:
+                store()
+            except ResourceMissing as exc:
+                if exc.code != "ContainerNotFound":
+                    raise
+                # Created on first use: images uploaded into a container made by hand (Storage Explorer, the
+                # SDK) must still get previews. It is private, and its name is a checked setting.
+                self.ensure_container(images=False)
+                store()
 
         return write
 

@@ -24,7 +24,9 @@ from shared.blobs import ImageBlobs, StorageUnavailable
 from shared.cli import EXIT_CODES, Exit, build_parser
 from shared.cli import main as cli_main
 from shared.errors import AccessDenied, ResourceMissing
+from shared.runtime import Runtime, build_runtime
 from shared.settings import SETTING_NAMES, Settings
+from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
 
 
@@ -216,3 +218,38 @@ def test_read_links_give_up_fast_when_storage_is_unreachable() -> None:
     with pytest.raises(StorageUnavailable):
         blobs.read_link("a.jpg", 15)
     assert time.monotonic() - started < 10
+
+
+# --- item 8: the thumbnails container exists where images are indexed ------------------------------
+
+
+def test_the_local_stack_creates_the_thumbnails_container_too(azurite: Azurite) -> None:
+    from scripts.local import create_containers
+
+    name = f"loc-{uuid.uuid4().hex[:8]}"
+    env = {"ImagesStorage": azurite.connection_string, "IMAGES_CONTAINER": name, "THUMBNAILS_CONTAINER": f"{name}-t"}
+    assert create_containers(env) == [name, f"{name}-t"]
+    assert create_containers(env) == []  # safe to run again
+    blobs = ImageBlobs.from_settings(Settings(env))
+    assert blobs.container.exists()
+    assert blobs.thumbnails is not None and blobs.thumbnails.exists()
+
+
+def test_a_missing_thumbnails_container_is_created_on_first_use(
+    runtime: Runtime, fake_vision: FakeVision, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shared.ingest import ingest_blob
+
+    # Images uploaded with Storage Explorer into a container made by hand: no thumbnails container yet.
+    settings = runtime.settings.with_overrides({"THUMBNAILS_CONTAINER": f"th-{uuid.uuid4().hex[:8]}"})
+    rt = build_runtime(settings)
+    try:
+        assert rt.blobs.thumbnails is not None and not rt.blobs.thumbnails.exists()
+        rt.blobs.upload("first.png", image_bytes(fmt="PNG"), "image/png")
+        with caplog.at_level("WARNING"):
+            outcome = ingest_blob(rt, "first.png")
+        assert outcome.outcome == "indexed"
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+        assert [b.name for b in rt.blobs.thumbnails.list_blobs()] == ["first.png"]
+    finally:
+        rt.close()
