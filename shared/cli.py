@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from .errors import (
     AppError,
+    InvalidInput,
     ProviderMisconfigured,
     ServiceRefused,
     SettingError,
@@ -102,50 +103,114 @@ def _workers(value: str) -> int:
     return number
 
 
-def _files(paths: Sequence[str]) -> list[tuple[Path, str]]:
-    """(file, blob name) for each file under the given paths; folders recurse, names keep the subpath."""
+def _files(paths: Sequence[str]) -> tuple[list[tuple[Path, str]], int]:
+    """(file, blob name) for each file under the given paths, and how many hidden entries were left out.
+
+    Folders recurse; blob names keep the sub-path. Inside a folder, names starting with "." are what a
+    photo folder collects besides photos (.DS_Store, ._IMG_1.jpg resource forks named like images, .git/):
+    they are skipped, not walked into, and counted for the summary. A dot file named as a PATH is uploaded:
+    it was asked for.
+    """
     found: list[tuple[Path, str]] = []
+    hidden = 0
     for raw in paths:
         path = Path(raw)
         if path.is_file():
             found.append((path, path.name))
         elif path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
-                    found.append((child, child.relative_to(path).as_posix()))
+            for folder, dirs, names in os.walk(path):
+                visible = sorted(d for d in dirs if not d.startswith("."))
+                hidden += len(dirs) - len(visible)
+                dirs[:] = visible
+                for name in sorted(names):
+                    child = Path(folder, name)
+                    if name.startswith("."):
+                        hidden += 1
+                    elif child.is_file():
+                        found.append((child, child.relative_to(path).as_posix()))
         else:
             raise SettingError("PATH", f"{raw!r} is neither a file nor a folder")
-    return found
+    return found, hidden
+
+
+def _shown(path: str | Path) -> str:
+    """A path as it can be printed: bytes that are not UTF-8 (kept by Python as surrogates) as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
     from .blobs import ImageBlobs
     from .errors import InvalidImage
-    from .images import inspect_image
+    from .images import MAX_BYTES, inspect_image
 
+    prefix = args.prefix.strip("/") + "/" if args.prefix else ""
+    if not _is_utf8(prefix):
+        raise InvalidInput(f"--prefix {_shown(prefix)} is not valid UTF-8")
+    files, hidden = _files(args.paths)  # a mistyped PATH is reported before anything is uploaded
     blobs = ImageBlobs.from_settings(settings, profile="cli")
     if settings.images_container in blobs.ensure_container():
         # Said aloud: a misspelt IMAGES_CONTAINER would otherwise fill a container nothing indexes.
         print(f"created container '{settings.images_container}' (it did not exist)", file=sys.stderr)
-    files = _files(args.paths)
-    prefix = args.prefix.strip("/") + "/" if args.prefix else ""
-    uploaded = skipped = 0
+    uploaded = not_image = too_large = bad_name = unreadable = 0
     with _bar(len(files), "upload") as bar:
         for path, name in files:
-            data = path.read_bytes()
+            bar.update(1)
+            # Skipped, not renamed: a blob's name is its identity (the row id derives from it, results show
+            # it). Guessing the encoding (Latin-1? CP437 from an old zip?) would store a wrong name for good,
+            # and U+FFFD for the bad bytes can make two files one blob. Named here, renamed once by the user.
+            if not _is_utf8(name):
+                bar.write(
+                    f"skipped {_shown(path)}: its name is not valid UTF-8, which blob names must be; rename it "
+                    "(e.g. convmv -f latin1 -t utf-8 --notest FILE) and upload it again",
+                    file=sys.stderr,
+                )
+                bad_name += 1
+                continue
             try:
+                size = path.stat().st_size
+                # Checked before reading: an oversized file is never loaded whole.
+                data = path.read_bytes() if size <= MAX_BYTES or args.all else b""
+            except OSError as exc:
+                bar.write(f"skipped {_shown(path)}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
+                unreadable += 1
+                continue
+            try:
+                if size > MAX_BYTES:
+                    raise InvalidImage(
+                        f"{size:,} bytes is too large: the embedding service takes at most {MAX_BYTES:,}",
+                        code="TooLarge",
+                    )
                 content_type = inspect_image(data).content_type
             except InvalidImage as exc:
                 if not args.all:
-                    bar.write(f"skipped {path}: {exc.message}")
-                    skipped += 1
-                    bar.update(1)
+                    bar.write(f"skipped {_shown(path)}: {exc.message}", file=sys.stderr)
+                    if exc.code == "TooLarge":
+                        too_large += 1
+                    else:
+                        not_image += 1
                     continue
                 content_type = "application/octet-stream"
             blobs.upload(prefix + name, data, content_type)
             uploaded += 1
-            bar.update(1)
-    print(f"uploaded {uploaded} file(s) to container {settings.images_container}; skipped {skipped} non-image(s)")
+    skipped = [
+        (not_image, "not an image"),
+        (too_large, f"too large (over {MAX_BYTES // 2**20} MB)"),
+        (hidden, "hidden (names starting with '.')"),
+        (bad_name, "with a name that is not UTF-8"),
+        (unreadable, "unreadable"),
+    ]
+    summary = f"uploaded {uploaded} file(s) to container {settings.images_container}"
+    if any(n for n, _ in skipped):
+        summary += "; skipped " + ", ".join(f"{n} {what}" for n, what in skipped if n)
+    print(summary)
     return 0
 
 
@@ -275,7 +340,6 @@ def cmd_drop_model(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     """Run one query through the same pipeline as the HTTP API and print the results as a table."""
-    from .errors import InvalidInput
     from .search import Searcher, parse_image_id, parse_options
 
     given = [bool(args.text), args.image is not None, args.similar is not None]

@@ -18,12 +18,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from scripts.services import AZURITE_ACCOUNT, AZURITE_KEY, ROOT, Azurite, free_port
 from shared.blobs import ImageBlobs, StorageUnavailable
 from shared.cli import EXIT_CODES, Exit, build_parser
 from shared.cli import main as cli_main
 from shared.errors import AccessDenied, ResourceMissing
+from shared.images import MAX_BYTES
 from shared.runtime import Runtime, build_runtime
 from shared.settings import SETTING_NAMES, Settings
 from tests.fake_vision import FakeVision
@@ -179,6 +181,78 @@ def test_upload_says_when_it_creates_the_container(cli: CliRunner, azurite: Azur
     assert run.code == Exit.OK
     assert f"created container '{container}'" in run.err
     assert cli("upload", str(tmp_path / "a.png")).err.count("created container") == 0
+
+
+# --- item 5: upload goes on past odd files and says what it skipped --------------------------------
+
+
+@pytest.fixture
+def upload_to(cli: CliRunner, azurite: Azurite) -> ImageBlobs:
+    container = f"up-{uuid.uuid4().hex[:8]}"
+    cli.use(ImagesStorage=azurite.connection_string, IMAGES_CONTAINER=container)
+    settings = Settings({"ImagesStorage": azurite.connection_string, "IMAGES_CONTAINER": container})
+    return ImageBlobs.from_settings(settings)
+
+
+def blob_names(blobs: ImageBlobs) -> set[str]:
+    return {b.name for b in blobs.list()}
+
+
+def test_upload_skips_a_file_name_that_is_not_utf8_names_it_and_goes_on(
+    cli: CliRunner, upload_to: ImageBlobs, tmp_path: Path
+) -> None:
+    folder = tmp_path / "old-zip"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(image_bytes("red", fmt="PNG"))
+    # A Latin-1 name from an old archive: on Linux a name is bytes, and these are not UTF-8.
+    with open(os.fsencode(folder) + b"/caf\xe9.jpg", "wb") as f:
+        f.write(image_bytes("blue"))
+    (folder / "z.png").write_bytes(image_bytes("green", fmt="PNG"))
+
+    run = cli("upload", str(folder))
+    assert run.code == Exit.OK, run.err
+    assert blob_names(upload_to) == {"a.png", "z.png"}
+    assert "uploaded 2 file(s)" in run.out and "1 with a name that is not UTF-8" in run.out, run.out
+    assert re.search(r"skipped .*caf\\xe9\.jpg: its name is not valid UTF-8", run.err), run.err
+
+
+def test_upload_calls_an_oversized_image_too_large_not_a_non_image(
+    cli: CliRunner, upload_to: ImageBlobs, tmp_path: Path
+) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.new("RGB", (2700, 2700), (200, 10, 10)).save(folder / "huge.bmp")  # a real image of 21.9 MB
+    assert (folder / "huge.bmp").stat().st_size > MAX_BYTES
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "ok.png").write_bytes(image_bytes(fmt="PNG"))
+
+    run = cli("upload", str(folder))
+    assert run.code == Exit.OK
+    assert "uploaded 1 file(s)" in run.out
+    assert "1 not an image" in run.out and "1 too large (over 20 MB)" in run.out, run.out
+    assert re.search(r"skipped .*huge\.bmp: .*too large", run.err), run.err
+    assert blob_names(upload_to) == {"ok.png"}
+
+
+def test_upload_counts_the_hidden_files_it_skips_and_uploads_one_named_explicitly(
+    cli: CliRunner, upload_to: ImageBlobs, tmp_path: Path
+) -> None:
+    folder = tmp_path / "camera"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "config").write_text("[core]")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "._IMG_1.jpg").write_bytes(b"\0\5\26\7AppleDouble")  # macOS resource fork, named like an image
+    (folder / "IMG_1.jpg").write_bytes(image_bytes())
+    (tmp_path / ".cover.png").write_bytes(image_bytes(fmt="PNG"))
+
+    run = cli("upload", str(folder))
+    assert run.code == Exit.OK
+    assert "uploaded 1 file(s)" in run.out and "3 hidden" in run.out, run.out
+    assert blob_names(upload_to) == {"IMG_1.jpg"}
+
+    run = cli("upload", str(tmp_path / ".cover.png"))  # asked for by name: uploaded
+    assert run.code == Exit.OK and "uploaded 1 file(s)" in run.out
+    assert blob_names(upload_to) == {"IMG_1.jpg", ".cover.png"}
 
 
 # --- item 7: an unreachable service gets one line within seconds -----------------------------------
