@@ -8,17 +8,22 @@ does not set, so the CLI talks to the same services as ``func start``.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from .errors import (
     AppError,
+    DatabaseUnavailable,
     InvalidInput,
     ProviderMisconfigured,
     ServiceRefused,
@@ -70,7 +75,9 @@ def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
     from .db import connect
     from .store import Store
 
-    with connect(settings) as conn:
+    with _database_first_contact(settings):
+        conn = connect(settings)
+    with conn:
         citus = Store.create_schema(conn)
     where = "Citus cluster (tables distributed)" if citus else "single node"
     print(f"schema ready on {where}")
@@ -81,7 +88,8 @@ def _runtime(settings: Settings) -> Runtime:
     from .blobs import ImageBlobs
     from .runtime import build_runtime
 
-    rt = build_runtime(settings)
+    with _database_first_contact(settings):
+        rt = build_runtime(settings)
     # The runtime's storage client is as patient as the blob trigger; a command should answer in seconds.
     rt.blobs = ImageBlobs.from_settings(settings, profile="cli")
     return rt
@@ -129,7 +137,7 @@ def _files(paths: Sequence[str]) -> tuple[list[tuple[Path, str]], int]:
                     elif child.is_file():
                         found.append((child, child.relative_to(path).as_posix()))
         else:
-            raise SettingError("PATH", f"{raw!r} is neither a file nor a folder")
+            raise InvalidInput(f"no such file or folder: {_shown(raw)}")
     return found, hidden
 
 
@@ -249,7 +257,8 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     from .runtime import open_store
 
-    store = open_store(settings)  # creates the schema if needed, so a new database shows zeros
+    with _database_first_contact(settings):
+        store = open_store(settings)  # creates the schema if needed, so a new database shows zeros
     try:
         stats = store.stats(recent_failures=args.failures)
     finally:
@@ -417,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details (never secrets)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log details, retries and libraries' warnings (never secrets)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("init-db", help="create the extension, tables and indexes (safe to run again)")
     p.set_defaults(func=cmd_init_db)
@@ -476,8 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    return int(_run(args))
+    with _logging_to_stderr(verbose=args.verbose):
+        return int(_run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -500,6 +511,141 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return Exit.INTERRUPTED
+
+
+# --- logging ---------------------------------------------------------------------------------------
+
+# Their warnings are retries that the command's final error line sums up ("failed 4 time(s) in 5.1 s").
+_RETRY_CHATTER: Final = ("shared.vision",)
+
+
+class _ForTheTerminal(logging.Filter):
+    """Without -v: the project's own warnings (retry chatter aside) and anyone's errors. With -v: the project's
+    info too, and the libraries' (azure, urllib3, …) warnings."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == "shared" or record.name.startswith("shared.")
+        if self.verbose or record.levelno >= logging.ERROR:
+            return ours or record.levelno >= logging.WARNING
+        return ours and record.levelno >= logging.WARNING and not record.name.startswith(_RETRY_CHATTER)
+
+
+@contextmanager
+def _logging_to_stderr(*, verbose: bool) -> Iterator[None]:
+    # A handler of the command's own, removed afterwards, rather than basicConfig: the process may be a test
+    # run or a notebook whose logging is not ours to reconfigure.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(_ForTheTerminal(verbose))
+    root, ours = logging.getLogger(), logging.getLogger("shared")
+    level = ours.level
+    if verbose:
+        ours.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(level)
+
+
+# --- the database: a setting that points at nothing, or an outage? ----------------------------------
+
+# How long a local server may take to listen again before "nothing listens" is the verdict: a restart of
+# the embedded PostgreSQL (`make run` restarts it onto TCP) is back well within it.
+LOCAL_RESTART_SECONDS: Final = 2.0
+
+
+@contextmanager
+def _database_first_contact(settings: Settings) -> Iterator[None]:
+    """Around a command's first connection: a DATABASE_URL that points at nothing is a setting to fix.
+
+    The rule (README, "Command line"): exit 2 when waiting cannot help — DNS says the host name does not
+    exist, or the host is this machine and nothing listens on the port for LOCAL_RESTART_SECONDS. Anything
+    else stays temporary (exit 3): a remote host that refuses or does not answer (a managed server
+    restarting, a container starting), DNS not answering, a server that answers but is not ready. Only the
+    first contact is judged: once a command has talked to the database, a failure is an outage.
+    """
+    try:
+        yield
+    except DatabaseUnavailable as exc:
+        problem = _points_nowhere(settings.database_url)
+        if problem is not None:
+            raise SettingError("DATABASE_URL", problem) from exc
+        raise
+
+
+def _points_nowhere(conninfo: str) -> str | None:
+    """Why no server can be behind ``conninfo`` (for SettingError), or None when it may be an outage."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(conninfo)
+    hosts = str(params.get("host") or os.environ.get("PGHOST") or "").split(",")
+    ports = str(params.get("port") or os.environ.get("PGPORT") or "5432").split(",")
+    if params.get("hostaddr") or not all(h.strip() for h in hosts):
+        return None  # addresses given directly, or libpq's default socket: not ours to second-guess
+    if len(ports) == 1:
+        ports *= len(hosts)
+    if len(ports) != len(hosts) or not all(p.strip().isdigit() for p in ports):
+        return None
+    verdicts = [_host_points_nowhere(h.strip(), int(p)) for h, p in zip(hosts, ports, strict=True)]
+    if any(v is None for v in verdicts):
+        return None  # one of several hosts may be up again soon
+    return "; ".join(v for v in verdicts if v)
+
+
+def _host_points_nowhere(host: str, port: int) -> str | None:
+    if host.startswith("/"):  # a Unix socket directory: always this machine
+        path = f"{host}/.s.PGSQL.{port}"
+        if _listens_soon([(socket.AF_UNIX, path)]):
+            return None
+        return f"points at the socket {path} on this machine, where no server listens: fix host/port, or start it"
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in _NO_SUCH_NAME:
+            return f"names host '{host}', which does not exist ({exc.strerror}): fix the host name"
+        return None  # e.g. EAI_AGAIN: the resolver did not answer, which is temporary
+    addresses = [(family, sockaddr) for family, _, _, _, sockaddr in found]
+    if not all(_is_loopback(str(sockaddr[0])) for _, sockaddr in addresses):
+        return None
+    if _listens_soon(addresses):
+        return None
+    return (
+        f"points at {host}:{port} on this machine, where nothing listens: fix the port, or start PostgreSQL "
+        "(`make run` starts the local one)"
+    )
+
+
+_NO_SUCH_NAME: Final = {socket.EAI_NONAME} | ({socket.EAI_NODATA} if hasattr(socket, "EAI_NODATA") else set())
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _listens_soon(addresses: Sequence[tuple[int, Any]], seconds: float = LOCAL_RESTART_SECONDS) -> bool:
+    """Whether something accepts connections at one of ``addresses`` within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        for family, address in addresses:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                try:
+                    probe.connect(address)
+                except OSError:
+                    continue
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

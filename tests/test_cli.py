@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -327,3 +329,91 @@ def test_a_missing_thumbnails_container_is_created_on_first_use(
         assert [b.name for b in rt.blobs.thumbnails.list_blobs()] == ["first.png"]
     finally:
         rt.close()
+
+
+# --- item 9: a wrong DATABASE_URL is configuration, an outage is temporary -------------------------
+
+
+def test_a_database_host_that_does_not_exist_is_a_setting_to_fix(cli: CliRunner) -> None:
+    try:
+        socket.getaddrinfo("nohost.invalid", 5432)
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME:
+            pytest.skip(f"this machine's resolver does not answer ({exc}): cannot tell a name that does not exist")
+    cli.use(DATABASE_URL="postgresql://postgres@nohost.invalid:5432/imagesearch")
+    run = cli("stats")
+    line = one_line(run)
+    assert run.code == Exit.CONFIGURATION == 2
+    assert line.startswith("error: setting DATABASE_URL names host 'nohost.invalid', which does not exist"), line
+    assert "temporary" not in line
+
+
+@pytest.mark.parametrize("command", ["stats", "reconcile", "init-db"])
+def test_nothing_listening_on_a_local_database_port_is_a_setting_to_fix(
+    cli: CliRunner, app_settings: Settings, command: str
+) -> None:
+    port = free_port()
+    cli.use(app_settings, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/imagesearch")
+    run = cli(command)
+    line = one_line(run)
+    assert run.code == Exit.CONFIGURATION
+    assert f"setting DATABASE_URL points at 127.0.0.1:{port} on this machine, where nothing listens" in line, line
+    assert run.seconds < 10
+
+
+def test_a_local_database_that_comes_back_within_seconds_stays_temporary(cli: CliRunner) -> None:
+    # A server restarting: refused now, listening again a moment later. Retrying helps, so: temporary.
+    port = free_port()
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def come_back() -> None:
+        time.sleep(0.8)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+
+    thread = threading.Thread(target=come_back)
+    thread.start()
+    try:
+        cli.use(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/imagesearch?connect_timeout=2")
+        run = cli("stats")
+    finally:
+        thread.join()
+        server.close()
+    line = one_line(run)
+    assert run.code == Exit.TEMPORARY, line
+    assert line.endswith("(temporary: try again)")
+
+
+def test_an_unreachable_remote_database_stays_temporary(cli: CliRunner) -> None:
+    # 192.0.2.1 is TEST-NET-1: never routed. A remote server that does not answer may be restarting.
+    cli.use(DATABASE_URL="postgresql://postgres@192.0.2.1:5432/imagesearch?connect_timeout=2")
+    run = cli("stats")
+    line = one_line(run)
+    assert run.code == Exit.TEMPORARY, line
+    assert "DATABASE_URL" in line
+
+
+def test_upload_of_a_missing_path_names_the_path_not_a_setting(cli: CliRunner, azurite: Azurite) -> None:
+    cli.use(ImagesStorage=azurite.connection_string)
+    run = cli("upload", "/missing")
+    assert one_line(run) == "error: no such file or folder: /missing"
+    assert run.code == Exit.BAD_INPUT
+
+
+def test_search_with_vision_unreachable_prints_one_line_unless_verbose(
+    database_url: str, azurite: Azurite, tmp_path: Path
+) -> None:
+    env = {
+        "DATABASE_URL": database_url,
+        "ImagesStorage": azurite.connection_string,
+        "VISION_ENDPOINT": f"http://127.0.0.1:{free_port()}/",
+        "VISION_KEY": "key",
+        "VISION_MAX_RETRY_SECONDS": "2",
+    }
+    quiet = run_process(["search", "a", "red", "boat"], env, tmp_path)
+    assert quiet.code == Exit.TEMPORARY
+    assert quiet.err.count("\n") == 1 and quiet.err.startswith("error: Azure AI Vision is unavailable"), quiet.err
+    verbose = run_process(["-v", "search", "a", "red", "boat"], env, tmp_path)
+    assert verbose.code == Exit.TEMPORARY
+    assert "WARNING Azure AI Vision text call failed" in verbose.err
