@@ -30,6 +30,7 @@ from shared.errors import AccessDenied, ResourceMissing
 from shared.images import MAX_BYTES
 from shared.runtime import Runtime, build_runtime
 from shared.settings import SETTING_NAMES, Settings
+from shared.store import Store
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
 
@@ -91,6 +92,13 @@ def run_process(args: list[str], env: dict[str, str], cwd: Path) -> Run:
     return Run(p.returncode, p.stdout, p.stderr, time.monotonic() - started)
 
 
+@pytest.fixture
+def fresh_settings(app_settings: Settings, store: Store) -> Settings:
+    """``app_settings`` over an emptied collection: other tests leave other models active, and the CLI
+    rightly warns about that."""
+    return app_settings
+
+
 def unreachable_storage() -> str:
     """A connection string for an account whose endpoint nothing listens on."""
     port = free_port()
@@ -134,9 +142,10 @@ def test_a_usage_mistake_is_bad_input(cli: CliRunner) -> None:
 
 
 def test_reconcile_when_the_images_container_does_not_exist_names_it_and_exits_4(
-    cli: CliRunner, app_settings: Settings
+    cli: CliRunner, fresh_settings: Settings
 ) -> None:
     # A misspelt IMAGES_CONTAINER and "before the first upload" look the same to Storage: no such container.
+    app_settings = fresh_settings
     cli.use(app_settings)
     run = cli("reconcile")
     line = one_line(run)
@@ -157,8 +166,8 @@ def test_upload_with_a_wrong_account_key_says_so_in_one_line(cli: CliRunner, azu
     assert AZURITE_KEY not in run.err and "A" * 86 not in run.err
 
 
-def test_reconcile_with_a_wrong_account_key_exits_4(cli: CliRunner, app_settings: Settings, azurite: Azurite) -> None:
-    cli.use(app_settings, ImagesStorage=wrong_key(azurite))
+def test_reconcile_with_a_wrong_account_key_exits_4(cli: CliRunner, fresh_settings: Settings, azurite: Azurite) -> None:
+    cli.use(fresh_settings, ImagesStorage=wrong_key(azurite))
     run = cli("reconcile")
     assert run.code == Exit.REFUSED
     assert "403" in one_line(run)
@@ -271,9 +280,9 @@ def test_upload_with_storage_unreachable_fails_within_seconds_in_one_line(cli: C
 
 
 def test_reconcile_with_storage_unreachable_fails_within_seconds_in_one_line(
-    cli: CliRunner, app_settings: Settings
+    cli: CliRunner, fresh_settings: Settings
 ) -> None:
-    cli.use(app_settings, ImagesStorage=unreachable_storage())
+    cli.use(fresh_settings, ImagesStorage=unreachable_storage())
     run = cli("reconcile")
     assert run.code == Exit.TEMPORARY
     assert "storage unreachable" in one_line(run)
@@ -402,7 +411,7 @@ def test_upload_of_a_missing_path_names_the_path_not_a_setting(cli: CliRunner, a
 
 
 def test_search_with_vision_unreachable_prints_one_line_unless_verbose(
-    database_url: str, azurite: Azurite, tmp_path: Path
+    database_url: str, store: Store, azurite: Azurite, tmp_path: Path
 ) -> None:
     env = {
         "DATABASE_URL": database_url,
