@@ -1,8 +1,8 @@
 """The local stack: ``python -m scripts.local run|stop|status`` (``make run`` / ``make stop``).
 
 ``run`` starts Azurite and an embedded PostgreSQL (data under .local/, both left running), writes
-local.settings.json from the example when it is missing, creates the schema and the images
-container, then runs ``func start`` if Azure Functions Core Tools is installed.
+local.settings.json from the example when it is missing, creates the schema and the images and
+thumbnails containers, then runs ``func start`` if Azure Functions Core Tools is installed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 
 from scripts.services import ROOT, start_azurite, start_postgres, wait_for_port
 
@@ -65,17 +66,25 @@ def start_services() -> None:
         say("Azurite on 127.0.0.1:10000 (blob), 10001 (queue), 10002 (table); log in .local/azurite.log")
 
 
+def create_containers(env: Mapping[str, str]) -> list[str]:
+    """Create the images and thumbnails containers the settings name (private); the names of those created.
+
+    Both, so that images uploaded with Storage Explorer or the SDK get thumbnails from the first one on.
+    """
+    from shared.blobs import ImageBlobs
+    from shared.settings import Settings
+
+    return ImageBlobs.from_settings(Settings(env), profile="cli").ensure_container()
+
+
 def prepare_app(values: dict[str, str]) -> None:
     env = {**values, **os.environ}
     subprocess.run([sys.executable, "-m", "shared.cli", "init-db"], check=True, cwd=ROOT, env=env)
-    if values.get("ImagesStorage", "").startswith("UseDevelopmentStorage"):
-        from azure.core.exceptions import ResourceExistsError
-        from azure.storage.blob import BlobServiceClient
-
+    # Only in the local emulator: containers in Azure are infra/'s to create.
+    if env.get("ImagesStorage", "").startswith("UseDevelopmentStorage"):
         wait_for_port(AZURITE_PORTS[0])
-        client = BlobServiceClient.from_connection_string("UseDevelopmentStorage=true")
-        with contextlib.suppress(ResourceExistsError):
-            client.create_container(values.get("IMAGES_CONTAINER", "images"))
+        created = create_containers(env)
+        say(f"created container(s) {', '.join(created)} in Azurite" if created else "containers ready in Azurite")
 
 
 def run() -> int:

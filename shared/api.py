@@ -35,6 +35,7 @@ from .errors import (
     ProviderRejected,
     ProviderResponseError,
     ProviderUnavailable,
+    ServiceRefused,
     SettingError,
     TransientError,
 )
@@ -215,6 +216,10 @@ def _app_error(exc: AppError, where: str) -> func.HttpResponse:
             "a backing service is unavailable; try again later",
             headers=retry_after_header(exc.retry_after),
         )
+    if isinstance(exc, ServiceRefused):
+        # Blob storage refused us (e.g. the identity lacks the role to sign read links): not the client's fault.
+        log.error("storage refused in %s: %s", where, exc.message)
+        return error_response(502, "StorageError", "blob storage refused the request; the operator must check it")
     if isinstance(exc, SettingError):
         log.error("configuration error in %s: %s", where, exc.message)
         return error_response(500, "ServiceMisconfigured", "the service is misconfigured; the operator is told")

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
+from urllib.parse import unquote, urlparse
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -27,7 +28,7 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
-from .errors import PermanentError, TransientError
+from .errors import AccessDenied, PermanentError, ResourceMissing, ServiceRefused, TransientError
 from .settings import Settings, StorageConnection
 
 
@@ -60,23 +61,33 @@ def normalize_etag(etag: str | None) -> str | None:
     return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
-def make_service_client(conn: StorageConnection, credential: Any | None = None) -> BlobServiceClient:
-    """A client for the images account, from a connection string or a managed identity."""
+def make_service_client(
+    conn: StorageConnection, credential: Any | None = None, profile: str = "ingest"
+) -> BlobServiceClient:
+    """A client for the images account, from a connection string or a managed identity, that retries and
+    times out as its caller can afford: ``profile`` is one of :data:`STORAGE_PROFILES`."""
+    options = STORAGE_PROFILES[profile].client_options()
     if conn.connection_string is not None:
-        return BlobServiceClient.from_connection_string(conn.connection_string)
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential(managed_identity_client_id=conn.client_id)
+        return BlobServiceClient.from_connection_string(conn.connection_string, **options)
     assert conn.blob_service_uri is not None
-    return BlobServiceClient(conn.blob_service_uri, credential=credential)
+    return BlobServiceClient(conn.blob_service_uri, credential=credential or _identity(conn), **options)
 
 
 class ImageBlobs:
     """The images container: list, read with a size cap, upload, and sign read links."""
 
-    def __init__(self, service: BlobServiceClient, container: str, thumbnails: str | None = None) -> None:
+    def __init__(
+        self,
+        service: BlobServiceClient,
+        container: str,
+        thumbnails: str | None = None,
+        *,
+        links_service: BlobServiceClient | None = None,
+    ) -> None:
         self.service = service
+        # Read links are signed while a search waits: their one network call (a user delegation key, with a
+        # managed identity) goes through a client that gives up within a second or two.
+        self.links_service = links_service or service
         self.container_name = container
         self.container: ContainerClient = service.get_container_client(container)
         self.thumbnails_name = thumbnails
@@ -86,20 +97,30 @@ class ImageBlobs:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, credential: Any | None = None) -> ImageBlobs:
+    def from_settings(cls, settings: Settings, credential: Any | None = None, *, profile: str = "ingest") -> ImageBlobs:
+        """The images account as ``settings`` name it; ``profile`` (see :data:`STORAGE_PROFILES`) sets how long
+        its calls may wait: ``ingest`` for the triggers, ``cli`` for commands. Read links always use ``links``."""
+        conn = settings.images_storage
+        if conn.uses_identity and credential is None:
+            credential = _identity(conn)  # one credential (and token cache) for both clients
         return cls(
-            make_service_client(settings.images_storage, credential),
+            make_service_client(conn, credential, profile),
             settings.images_container,
             settings.thumbnails_container,
+            links_service=make_service_client(conn, credential, "links"),
         )
 
-    def ensure_container(self) -> None:
-        """Create the images (and thumbnails) containers if missing: private, no public access."""
+    def ensure_container(self, *, images: bool = True) -> list[str]:
+        """Create the images (unless ``images`` is False) and thumbnails containers if missing: private, no
+        public access. Returns the names of those it created."""
+        created: list[str] = []
         with _storage_errors("creating the containers"):
-            for client in (self.container, self.thumbnails):
+            for client in (self.container if images else None, self.thumbnails):
                 if client is not None and not client.exists():
                     with contextlib.suppress(ResourceExistsError):
                         client.create_container()
+                        created.append(str(client.container_name))
+        return created
 
     def put_thumbnail(self, name: str, preview: bytes) -> None:
         """Store the preview of an image (made by :func:`shared.thumbnails.make_thumbnail`)."""
@@ -109,15 +130,28 @@ class ImageBlobs:
 
         from .thumbnails import THUMBNAIL_CONTENT_TYPE
 
-        with _storage_errors(f"storing the thumbnail of {name}"):
-            self.thumbnails.upload_blob(
-                name,
-                preview,
-                overwrite=True,
-                content_settings=ContentSettings(
-                    content_type=THUMBNAIL_CONTENT_TYPE, cache_control="private, max-age=3600"
-                ),
-            )
+        thumbnails = self.thumbnails
+
+        def store() -> None:
+            with _storage_errors(f"storing the thumbnail of {name}"):
+                thumbnails.upload_blob(
+                    name,
+                    preview,
+                    overwrite=True,
+                    content_settings=ContentSettings(
+                        content_type=THUMBNAIL_CONTENT_TYPE, cache_control="private, max-age=3600"
+                    ),
+                )
+
+        try:
+            store()
+        except ResourceMissing as exc:
+            if exc.code != "ContainerNotFound":
+                raise
+            # Created on first use: images uploaded into a container made by hand (Storage Explorer, the
+            # SDK) must still get previews. It is private, and its name is a checked setting.
+            self.ensure_container(images=False)
+            store()
 
     def delete_thumbnail(self, name: str) -> None:
         if self.thumbnails is not None:
@@ -233,7 +267,9 @@ class ImageBlobs:
             if self._delegation_key is None or self._delegation_expiry is None or self._delegation_expiry < expiry:
                 key_expiry = now + timedelta(hours=6)
                 with _storage_errors("getting a user delegation key (needs Storage Blob Delegator)"):
-                    self._delegation_key = self.service.get_user_delegation_key(now - timedelta(minutes=5), key_expiry)
+                    self._delegation_key = self.links_service.get_user_delegation_key(
+                        now - timedelta(minutes=5), key_expiry
+                    )
                 self._delegation_expiry = key_expiry
             assert self._delegation_key is not None
             return self._delegation_key
@@ -241,15 +277,141 @@ class ImageBlobs:
 
 @contextmanager
 def _storage_errors(what: str) -> Iterator[None]:
-    """Map Azure SDK failures: network, throttling and 5xx are transient; the rest propagate."""
+    """Map Azure SDK failures to the project's errors, each with one line that says what to do next.
+
+    Network failures, throttling and 5xx are transient (:class:`StorageUnavailable`); not found is
+    :class:`ResourceMissing` (a blob that is gone is caught inside the block, where it is expected);
+    401/403 is :class:`AccessDenied`; other 4xx are :class:`ServiceRefused`. 304, 409 and 412 propagate
+    as the SDK raises them: they are answers a caller acts on (not modified, exists, changed).
+    """
     try:
         yield
-    except ResourceNotFoundError:
-        raise
+    except ResourceNotFoundError as exc:
+        raise ResourceMissing(_missing(exc, what), code=_error_code(exc) or "ResourceNotFound") from exc
     except (ServiceRequestError, ServiceResponseError) as exc:
-        raise StorageUnavailable(f"storage unreachable while {what}: {exc}") from exc
+        raise StorageUnavailable(
+            f"storage unreachable while {what}: {_first_line(exc)} — check that the endpoint in ImagesStorage is "
+            "right and up (locally, `make run` starts Azurite)"
+        ) from exc
     except AzureError as exc:
         status = getattr(exc, "status_code", None)
         if status is None or status == 429 or status >= 500:
-            raise StorageUnavailable(f"storage error while {what}: {exc}") from exc
-        raise
+            raise StorageUnavailable(f"storage error while {what}: {_first_line(exc)}") from exc
+        if status < 400 or status in (409, 412):
+            raise
+        code = _error_code(exc) or str(status)
+        account, _ = _location(exc)
+        if status in (401, 403):
+            raise AccessDenied(
+                f"storage account '{account}' refused {what} ({status} {code}): {_access_hint(exc)}", code=code
+            ) from exc
+        raise ServiceRefused(f"storage account '{account}' refused {what} ({status} {code})", code=code) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _error_code(exc: AzureError) -> str | None:
+    """Storage's error code (``ContainerNotFound``, ``AuthenticationFailed``, …); the SDK gives an enum or a str."""
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code)) if code else None
+
+
+def _location(exc: AzureError) -> tuple[str, str | None]:
+    """(account, container) of the failed request, from its URL: ``https://<account>.blob…/<container>/…``,
+    or path-style ``http://127.0.0.1:10000/<account>/<container>/…`` for Azurite."""
+    response = getattr(exc, "response", None)
+    url = str(response.request.url) if response is not None and response.request is not None else ""
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    parts = [unquote(p) for p in parsed.path.split("/") if p]
+    path_style = "." not in host or host.replace(".", "").isdigit() or ":" in host
+    if path_style:
+        account = parts[0] if parts else host or "?"
+        parts = parts[1:]
+    else:
+        account = host.split(".")[0]
+    return account, (parts[0] if parts else None)
+
+
+def _missing(exc: ResourceNotFoundError, what: str) -> str:
+    account, container = _location(exc)
+    code = _error_code(exc)
+    if code == "ContainerNotFound" and container:
+        return (
+            f"container '{container}' does not exist in storage account '{account}' ({what}): check the name in "
+            "IMAGES_CONTAINER (or THUMBNAILS_CONTAINER), or create it (`make run` and `python -m shared.cli "
+            "upload` do)"
+        )
+    return f"not found in storage account '{account}' while {what} ({code or 404})"
+
+
+def _access_hint(exc: AzureError) -> str:
+    """What to fix, by how the refused request was signed (never showing the key, token or signature)."""
+    response = getattr(exc, "response", None)
+    request = response.request if response is not None else None
+    auth = str(request.headers.get("Authorization", "")) if request is not None else ""
+    if auth.startswith("Bearer"):
+        return (
+            "give this app's identity a Storage Blob Data role on the account (Contributor to upload; new role "
+            "assignments take a few minutes)"
+        )
+    if request is not None and "sig=" in str(request.url):
+        return "the SAS in ImagesStorage is wrong, expired or lacks a permission"
+    return "check the account name and account key in ImagesStorage (and the account's network rules)"
+
+
+# --- how long each caller waits for Storage ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageProfile:
+    """Retries and timeouts for one kind of caller, given to the SDK's own ExponentialRetry policy and transport.
+
+    The SDK waits ``initial_backoff + increment_base ** n`` seconds (± ``jitter``) before retry n (1, 2, …).
+    Its defaults (3 retries after 15 + 3, 15 + 9, 15 + 27 s; 20 s to connect) made a command with Storage
+    unreachable take ~85 s to say so. (azure-core's ``retry_backoff_factor`` does not apply: Storage clients
+    bring their own retry policy.)
+    """
+
+    retry_total: int
+    initial_backoff: float
+    increment_base: float
+    jitter: float
+    connection_timeout: float  # seconds to open a connection
+    read_timeout: float  # seconds to wait for each read from the socket
+
+    def client_options(self) -> dict[str, Any]:
+        return {
+            "retry_total": self.retry_total,
+            "initial_backoff": self.initial_backoff,
+            "increment_base": self.increment_base,
+            "random_jitter_range": self.jitter,
+            "connection_timeout": self.connection_timeout,
+            "read_timeout": self.read_timeout,
+        }
+
+
+STORAGE_PROFILES: Final[dict[str, StorageProfile]] = {
+    # Blob trigger, Event Grid deletes, the reconcile timer: nobody waits on them, and the host retries a
+    # failed invocation anyway; ride out a short blip (waits ~3, 5, 9 s), then fail so the host takes over.
+    "ingest": StorageProfile(
+        retry_total=3, initial_backoff=1, increment_base=2, jitter=1, connection_timeout=10, read_timeout=60
+    ),
+    # Commands: someone is watching; one line within seconds (waits ~1.5, 1.5 s) beats a minute of silence.
+    "cli": StorageProfile(
+        retry_total=2, initial_backoff=0.5, increment_base=1, jitter=0.5, connection_timeout=5, read_timeout=30
+    ),
+    # Read links for a search answer (a user delegation key): one quick retry, then the search answers 503.
+    "links": StorageProfile(
+        retry_total=1, initial_backoff=0, increment_base=0.5, jitter=0.25, connection_timeout=2, read_timeout=5
+    ),
+}
+
+
+def _identity(conn: StorageConnection) -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=conn.client_id)

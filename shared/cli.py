@@ -8,20 +8,54 @@ does not set, so the CLI talks to the same services as ``func start``.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from .errors import AppError, SettingError, TransientError
+from .errors import (
+    AppError,
+    DatabaseUnavailable,
+    InvalidInput,
+    ProviderMisconfigured,
+    ServiceRefused,
+    SettingError,
+    TransientError,
+)
 from .schema import SchemaOutdated
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+
+
+class Exit(IntEnum):
+    """The exit codes, each naming what to do next (the table is in README and ``--help``)."""
+
+    OK = 0
+    BAD_INPUT = 1
+    CONFIGURATION = 2
+    TEMPORARY = 3
+    REFUSED = 4
+    INTERRUPTED = 130
+
+
+EXIT_CODES: Final[tuple[tuple[Exit, str], ...]] = (
+    (Exit.OK, "done"),
+    (Exit.BAD_INPUT, "bad input: an argument, a file or a query is wrong (or a command's own refusal)"),
+    (Exit.CONFIGURATION, "configuration: a setting is missing, malformed or points at nothing; the line names it"),
+    (Exit.TEMPORARY, "temporary: a service is down, restarting or throttling, or blobs were left to do; run again"),
+    (Exit.REFUSED, "refused: a service answered no (no such container, wrong key, missing role); the line says"),
+    (Exit.INTERRUPTED, "interrupted (Ctrl+C)"),
+)
 
 
 def load_local_settings(path: Path = Path("local.settings.json")) -> dict[str, str]:
@@ -39,8 +73,11 @@ def load_local_settings(path: Path = Path("local.settings.json")) -> dict[str, s
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from .db import connect
     from .maintenance import migrate
 
+    with _database_first_contact(settings):
+        connect(settings).close()  # a DATABASE_URL that points at nothing is a setting to fix, not a wait
     result = migrate(settings, prepare_model=not args.schema_only)
     where = "Citus cluster (tables distributed)" if result.schema.citus else "single node"
     if result.schema.applied:
@@ -76,9 +113,14 @@ def cmd_grant_app_role(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _runtime(settings: Settings) -> Runtime:
+    from .blobs import ImageBlobs
     from .runtime import build_runtime
 
-    return build_runtime(settings)
+    with _database_first_contact(settings):
+        rt = build_runtime(settings)
+    # The runtime's storage client is as patient as the blob trigger; a command should answer in seconds.
+    rt.blobs = ImageBlobs.from_settings(settings, profile="cli")
+    return rt
 
 
 def _bar(total: int | None, desc: str, unit: str = "file") -> Any:
@@ -97,48 +139,114 @@ def _workers(value: str) -> int:
     return number
 
 
-def _files(paths: Sequence[str]) -> list[tuple[Path, str]]:
-    """(file, blob name) for each file under the given paths; folders recurse, names keep the subpath."""
+def _files(paths: Sequence[str]) -> tuple[list[tuple[Path, str]], int]:
+    """(file, blob name) for each file under the given paths, and how many hidden entries were left out.
+
+    Folders recurse; blob names keep the sub-path. Inside a folder, names starting with "." are what a
+    photo folder collects besides photos (.DS_Store, ._IMG_1.jpg resource forks named like images, .git/):
+    they are skipped, not walked into, and counted for the summary. A dot file named as a PATH is uploaded:
+    it was asked for.
+    """
     found: list[tuple[Path, str]] = []
+    hidden = 0
     for raw in paths:
         path = Path(raw)
         if path.is_file():
             found.append((path, path.name))
         elif path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
-                    found.append((child, child.relative_to(path).as_posix()))
+            for folder, dirs, names in os.walk(path):
+                visible = sorted(d for d in dirs if not d.startswith("."))
+                hidden += len(dirs) - len(visible)
+                dirs[:] = visible
+                for name in sorted(names):
+                    child = Path(folder, name)
+                    if name.startswith("."):
+                        hidden += 1
+                    elif child.is_file():
+                        found.append((child, child.relative_to(path).as_posix()))
         else:
-            raise SettingError("PATH", f"{raw!r} is neither a file nor a folder")
-    return found
+            raise InvalidInput(f"no such file or folder: {_shown(raw)}")
+    return found, hidden
+
+
+def _shown(path: str | Path) -> str:
+    """A path as it can be printed: bytes that are not UTF-8 (kept by Python as surrogates) as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
     from .blobs import ImageBlobs
     from .errors import InvalidImage
-    from .images import inspect_image
+    from .images import MAX_BYTES, inspect_image
 
-    blobs = ImageBlobs.from_settings(settings)
-    blobs.ensure_container()
-    files = _files(args.paths)
     prefix = args.prefix.strip("/") + "/" if args.prefix else ""
-    uploaded = skipped = 0
+    if not _is_utf8(prefix):
+        raise InvalidInput(f"--prefix {_shown(prefix)} is not valid UTF-8")
+    files, hidden = _files(args.paths)  # a mistyped PATH is reported before anything is uploaded
+    blobs = ImageBlobs.from_settings(settings, profile="cli")
+    if settings.images_container in blobs.ensure_container():
+        # Said aloud: a misspelt IMAGES_CONTAINER would otherwise fill a container nothing indexes.
+        print(f"created container '{settings.images_container}' (it did not exist)", file=sys.stderr)
+    uploaded = not_image = too_large = bad_name = unreadable = 0
     with _bar(len(files), "upload") as bar:
         for path, name in files:
-            data = path.read_bytes()
+            bar.update(1)
+            # Skipped, not renamed: a blob's name is its identity (the row id derives from it, results show
+            # it). Guessing the encoding (Latin-1? CP437 from an old zip?) would store a wrong name for good,
+            # and U+FFFD for the bad bytes can make two files one blob. Named here, renamed once by the user.
+            if not _is_utf8(name):
+                bar.write(
+                    f"skipped {_shown(path)}: its name is not valid UTF-8, which blob names must be; rename it "
+                    "(e.g. convmv -f latin1 -t utf-8 --notest FILE) and upload it again",
+                    file=sys.stderr,
+                )
+                bad_name += 1
+                continue
             try:
+                size = path.stat().st_size
+                # Checked before reading: an oversized file is never loaded whole.
+                data = path.read_bytes() if size <= MAX_BYTES or args.all else b""
+            except OSError as exc:
+                bar.write(f"skipped {_shown(path)}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
+                unreadable += 1
+                continue
+            try:
+                if size > MAX_BYTES:
+                    raise InvalidImage(
+                        f"{size:,} bytes is too large: the embedding service takes at most {MAX_BYTES:,}",
+                        code="TooLarge",
+                    )
                 content_type = inspect_image(data).content_type
             except InvalidImage as exc:
                 if not args.all:
-                    bar.write(f"skipped {path}: {exc.message}")
-                    skipped += 1
-                    bar.update(1)
+                    bar.write(f"skipped {_shown(path)}: {exc.message}", file=sys.stderr)
+                    if exc.code == "TooLarge":
+                        too_large += 1
+                    else:
+                        not_image += 1
                     continue
                 content_type = "application/octet-stream"
             blobs.upload(prefix + name, data, content_type)
             uploaded += 1
-            bar.update(1)
-    print(f"uploaded {uploaded} file(s) to container {settings.images_container}; skipped {skipped} non-image(s)")
+    skipped = [
+        (not_image, "not an image"),
+        (too_large, f"too large (over {MAX_BYTES // 2**20} MB)"),
+        (hidden, "hidden (names starting with '.')"),
+        (bad_name, "with a name that is not UTF-8"),
+        (unreadable, "unreadable"),
+    ]
+    summary = f"uploaded {uploaded} file(s) to container {settings.images_container}"
+    if any(n for n, _ in skipped):
+        summary += "; skipped " + ", ".join(f"{n} {what}" for n, what in skipped if n)
+    print(summary)
     return 0
 
 
@@ -177,7 +285,8 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     from .runtime import open_store
 
-    store = open_store(settings)
+    with _database_first_contact(settings):
+        store = open_store(settings)
     try:
         stats = store.catalogue.stats(recent_failures=args.failures)
     finally:
@@ -266,7 +375,6 @@ def cmd_drop_model(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     """Run one query through the same pipeline as the HTTP API and print the results as a table."""
-    from .errors import InvalidInput
     from .search import Searcher, parse_image_id, parse_options
 
     given = [bool(args.text), args.image is not None, args.similar is not None]
@@ -329,9 +437,24 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # A mistyped command line is bad input (1), like a bad value; argparse's own 2 reads as "configuration".
+        self.print_usage(sys.stderr)
+        self.exit(Exit.BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details (never secrets)")
+    epilog = "exit codes:\n" + "\n".join(f"  {int(code):<4} {meaning}" for code, meaning in EXIT_CODES)
+    parser = _Parser(
+        prog="python -m shared.cli",
+        description=__doc__.splitlines()[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log details, retries and libraries' warnings (never secrets)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in ("migrate", "init-db"):
         p = sub.add_parser(
@@ -404,25 +527,169 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    with _logging_to_stderr(verbose=args.verbose):
+        return int(_run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; a failure the project knows ends with one line on stderr and its exit code."""
     try:
         settings = Settings(load_local_settings())
         return int(args.func(settings, args))
     except SettingError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return Exit.CONFIGURATION
     except SchemaOutdated as exc:
+        # Not a wait (nothing changes until an operator migrates): the database's set-up needs doing.
         print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return Exit.CONFIGURATION
+    except (ServiceRefused, ProviderMisconfigured) as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return Exit.REFUSED
     except TransientError as exc:
         print(f"error: {exc.message} (temporary: try again)", file=sys.stderr)
-        return 3
+        return Exit.TEMPORARY
     except AppError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        return Exit.BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
+
+
+# --- logging ---------------------------------------------------------------------------------------
+
+# Their warnings are retries that the command's final error line sums up ("failed 4 time(s) in 5.1 s").
+_RETRY_CHATTER: Final = ("shared.vision",)
+
+
+class _ForTheTerminal(logging.Filter):
+    """Without -v: the project's own warnings (retry chatter aside) and anyone's errors. With -v: the project's
+    info too, and the libraries' (azure, urllib3, …) warnings."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == "shared" or record.name.startswith("shared.")
+        if self.verbose or record.levelno >= logging.ERROR:
+            return ours or record.levelno >= logging.WARNING
+        return ours and record.levelno >= logging.WARNING and not record.name.startswith(_RETRY_CHATTER)
+
+
+@contextmanager
+def _logging_to_stderr(*, verbose: bool) -> Iterator[None]:
+    # A handler of the command's own, removed afterwards, rather than basicConfig: the process may be a test
+    # run or a notebook whose logging is not ours to reconfigure.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(_ForTheTerminal(verbose))
+    root, ours = logging.getLogger(), logging.getLogger("shared")
+    level = ours.level
+    if verbose:
+        ours.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(level)
+
+
+# --- the database: a setting that points at nothing, or an outage? ----------------------------------
+
+# How long a local server may take to listen again before "nothing listens" is the verdict: a restart of
+# the embedded PostgreSQL (`make run` restarts it onto TCP) is back well within it.
+LOCAL_RESTART_SECONDS: Final = 2.0
+
+
+@contextmanager
+def _database_first_contact(settings: Settings) -> Iterator[None]:
+    """Around a command's first connection: a DATABASE_URL that points at nothing is a setting to fix.
+
+    The rule (README, "Command line"): exit 2 when waiting cannot help — DNS says the host name does not
+    exist, or the host is this machine and nothing listens on the port for LOCAL_RESTART_SECONDS. Anything
+    else stays temporary (exit 3): a remote host that refuses or does not answer (a managed server
+    restarting, a container starting), DNS not answering, a server that answers but is not ready. Only the
+    first contact is judged: once a command has talked to the database, a failure is an outage.
+    """
+    try:
+        yield
+    except DatabaseUnavailable as exc:
+        problem = _points_nowhere(settings.database_url)
+        if problem is not None:
+            raise SettingError("DATABASE_URL", problem) from exc
+        raise
+
+
+def _points_nowhere(conninfo: str) -> str | None:
+    """Why no server can be behind ``conninfo`` (for SettingError), or None when it may be an outage."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(conninfo)
+    hosts = str(params.get("host") or os.environ.get("PGHOST") or "").split(",")
+    ports = str(params.get("port") or os.environ.get("PGPORT") or "5432").split(",")
+    if params.get("hostaddr") or not all(h.strip() for h in hosts):
+        return None  # addresses given directly, or libpq's default socket: not ours to second-guess
+    if len(ports) == 1:
+        ports *= len(hosts)
+    if len(ports) != len(hosts) or not all(p.strip().isdigit() for p in ports):
+        return None
+    verdicts = [_host_points_nowhere(h.strip(), int(p)) for h, p in zip(hosts, ports, strict=True)]
+    if any(v is None for v in verdicts):
+        return None  # one of several hosts may be up again soon
+    return "; ".join(v for v in verdicts if v)
+
+
+def _host_points_nowhere(host: str, port: int) -> str | None:
+    if host.startswith("/"):  # a Unix socket directory: always this machine
+        path = f"{host}/.s.PGSQL.{port}"
+        if _listens_soon([(socket.AF_UNIX, path)]):
+            return None
+        return f"points at the socket {path} on this machine, where no server listens: fix host/port, or start it"
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in _NO_SUCH_NAME:
+            return f"names host '{host}', which does not exist ({exc.strerror}): fix the host name"
+        return None  # e.g. EAI_AGAIN: the resolver did not answer, which is temporary
+    addresses = [(family, sockaddr) for family, _, _, _, sockaddr in found]
+    if not all(_is_loopback(str(sockaddr[0])) for _, sockaddr in addresses):
+        return None
+    if _listens_soon(addresses):
+        return None
+    return (
+        f"points at {host}:{port} on this machine, where nothing listens: fix the port, or start PostgreSQL "
+        "(`make run` starts the local one)"
+    )
+
+
+_NO_SUCH_NAME: Final = {socket.EAI_NONAME} | ({socket.EAI_NODATA} if hasattr(socket, "EAI_NODATA") else set())
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _listens_soon(addresses: Sequence[tuple[int, Any]], seconds: float = LOCAL_RESTART_SECONDS) -> bool:
+    """Whether something accepts connections at one of ``addresses`` within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        for family, address in addresses:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                try:
+                    probe.connect(address)
+                except OSError:
+                    continue
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,22 @@ class DatabaseUnavailable(TransientError):
     """The database could not be reached or the connection broke."""
 
     code = "DatabaseUnavailable"
+
+
+class ServiceRefused(PermanentError):
+    """A backing service answered and refused the request itself, not its input: retrying unchanged will not
+    help. Fix what the message names (a setting, a key, a role, a missing container), then run again."""
+
+    code = "ServiceRefused"
+
+
+class ResourceMissing(ServiceRefused):
+    """What the settings name does not exist in the service (e.g. a container): create it or fix the name."""
+
+    code = "ResourceMissing"
+
+
+class AccessDenied(ServiceRefused):
+    """The service refused our credentials or role (401/403): fix the key, the identity or its role."""
+
+    code = "AccessDenied"

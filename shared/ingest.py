@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from .blobs import BlobGone, BlobInfo, ImageBlobs
 from .catalogue import Check, ImageRecord, SeenVersion
 from .embeddings import EmbeddingProvider, Vector
-from .errors import InvalidImage, PermanentError, ProviderMisconfigured, TransientError
+from .errors import InvalidImage, PermanentError, ProviderMisconfigured, ServiceRefused, TransientError
 from .images import MAX_BYTES, inspect_image
 from .store import Store
 from .thumbnails import make_thumbnail
@@ -550,7 +550,7 @@ def reconcile(
             name, _ = futures[fut]
             try:
                 result = fut.result()
-            except (TransientError, ProviderMisconfigured) as exc:
+            except (TransientError, ProviderMisconfigured, ServiceRefused) as exc:
                 report.errors.append(f"{name}: {exc.message}")
             except Exception as exc:  # one bad blob must not stop the others; it is reported
                 log.exception("reconcile: unexpected error on %s", name)

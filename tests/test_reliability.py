@@ -31,7 +31,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from scripts.services import Postgres
+from scripts.services import AZURITE_KEY, Azurite, Postgres
 from shared.catalogue import image_id
 from shared.errors import DatabaseUnavailable, ProviderMisconfigured, ProviderResponseError, ProviderUnavailable
 from shared.ingest import reconcile
@@ -492,17 +492,22 @@ def test_a_failure_while_re_embedding_changed_bytes_keeps_the_previous_version(
     audit(rt)
 
 
-def test_a_missing_thumbnails_container_costs_the_preview_not_the_image(
-    rt: Runtime, fake_vision: FakeVision, caplog: pytest.LogCaptureFixture
+def test_thumbnails_storage_refusing_costs_the_preview_not_the_image(
+    rt: Runtime, fake_vision: FakeVision, caplog: pytest.LogCaptureFixture, azurite: Azurite
 ) -> None:
-    assert rt.blobs.thumbnails is not None
-    rt.blobs.thumbnails.delete_container()
+    # A missing thumbnails container is created on first use (tests/test_cli.py); a refusal cannot be mended.
+    from azure.storage.blob import BlobServiceClient
+
+    assert rt.blobs.thumbnails_name is not None
+    refusing = BlobServiceClient.from_connection_string(azurite.connection_string.replace(AZURITE_KEY, "A" * 86 + "=="))
+    rt.blobs.thumbnails = refusing.get_container_client(rt.blobs.thumbnails_name)
     upload(rt, "nothumb.jpg", image_bytes("yellow"))
     with caplog.at_level(logging.WARNING, logger="shared.ingest"):
         deliver(rt, "nothumb.jpg")
     tally.add("faults_injected")
     tally.add("fault_scenarios")
-    assert any("thumbnail for nothumb.jpg not stored" in r.getMessage() for r in caplog.records)
+    warnings = [r.getMessage() for r in caplog.records if "thumbnail for nothumb.jpg not stored" in r.getMessage()]
+    assert len(warnings) == 1 and "403" in warnings[0] and "\n" not in warnings[0], warnings
     audit(rt)
 
 
