@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import numpy as np
@@ -103,9 +104,9 @@ class BulkLoader:
                     """
                     INSERT INTO images (id, container, name, status, sha256, content_type, width, height, byte_size,
                                         etag, last_modified, metadata, failure_code, failure_reason, failure_count,
-                                        failed_at)
+                                        failed_at, updated_at)
                     SELECT id, container, name, status, sha256, content_type, width, height, byte_size, etag,
-                           last_modified, metadata, NULL, NULL, 0, NULL
+                           last_modified, metadata, NULL, NULL, 0, NULL, %s::timestamptz
                     FROM bulk_images
                     ON CONFLICT (id) DO UPDATE SET
                         status = 'indexed', sha256 = EXCLUDED.sha256, content_type = EXCLUDED.content_type,
@@ -113,8 +114,10 @@ class BulkLoader:
                         width = EXCLUDED.width, height = EXCLUDED.height, byte_size = EXCLUDED.byte_size,
                         etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified, metadata = EXCLUDED.metadata,
                         failure_code = NULL, failure_reason = NULL, failure_count = 0, failed_at = NULL,
-                        updated_at = now()
-                    """
+                        updated_at = EXCLUDED.updated_at
+                    """,
+                    # The time as a parameter: Citus refuses a volatile function in DO UPDATE SET.
+                    (datetime.now(UTC),),
                 )
                 # The rows the COPY replaces, and (as in save_indexed) vectors of other bytes, of any model.
                 conn.execute(

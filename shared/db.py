@@ -187,6 +187,13 @@ class Database:
             self._pgvector_version = tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
         return self._pgvector_version
 
+    def sequential(self, conn: psycopg.Connection[Any]) -> None:
+        """On Citus, run this transaction's commands over one connection per node: required before
+        modifying ``embedding_models`` (a reference table that a distributed table's key points at) in a
+        transaction that also read or wrote the distributed tables. Nothing on a single node."""
+        if self.is_citus():
+            conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+
     def set_local(self, conn: psycopg.Connection[Any], name: str, value: int | str) -> None:
         if self.is_citus():
             # Without this, SET LOCAL stays on the coordinator and the shards search with defaults.

@@ -116,6 +116,7 @@ class Registry:
         build concurrently)."""
         with translate_errors("registering the embedding model"), self.db.pool.connection() as conn:
             with conn.transaction():
+                self.db.sequential(conn)
                 self._register_on(conn, model_id, dimension, config)
                 if create_index:
                     name = self.index.name(model_id, dimension)
@@ -174,6 +175,7 @@ class Registry:
     def activate(self, model_id: str, *, force: bool = False) -> ModelStatus:
         """Make ``model_id`` the one queries use, in one transaction; refuses while coverage is incomplete."""
         with translate_errors("activating a model"), self.db.pool.connection() as conn, conn.transaction():
+            self.db.sequential(conn)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             status = next((m for m in self._models_on(conn) if m.model.model_id == model_id), None)
             if status is None:
@@ -224,6 +226,7 @@ class Registry:
         """Remove a model that is not active and its vectors; returns how many vectors went. Its indexes
         stay: dropping them is DDL, which :func:`shared.maintenance.drop_model` does next."""
         with translate_errors("dropping a model"), self.db.pool.connection() as conn, conn.transaction():
+            self.db.sequential(conn)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             row = conn.execute("SELECT state FROM embedding_models WHERE model_id = %s", (model_id,)).fetchone()
             if row is None:

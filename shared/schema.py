@@ -72,9 +72,14 @@ class Migration:
 def _sql(statement: str, *, citus: bool | None = None) -> Step:
     """A step running ``statement``; only on Citus (``citus=True``) or only on a single node (False)."""
 
+    # One statement per call: Citus passes a DDL command's text on to the workers as it came, and a
+    # text holding several commands is refused there.
+    statements = [part.strip() for part in statement.split(";") if part.strip()]
+
     def step(conn: psycopg.Connection[Any], on_citus: bool) -> None:
         if citus is None or citus == on_citus:
-            conn.execute(statement)
+            for one in statements:
+                conn.execute(one)
 
     return step
 
@@ -118,13 +123,18 @@ def _constraint(table: str, name: str, definition: str) -> Step:
 
 
 def _shard_count(conn: psycopg.Connection[Any], on_citus: bool) -> None:
-    if on_citus:
-        # Few shards: a search fans out to every shard, so each costs a task on every query, while a
-        # shard holds millions of vectors comfortably. Two per worker keeps both cores of a small
-        # node busy; `docs/databases.md` has the measurements. SET LOCAL: this transaction only.
-        workers = conn.execute("SELECT count(*) FROM pg_dist_node WHERE groupid <> 0 AND isactive").fetchone()
-        count = max(2, 2 * int(workers[0] if workers else 1))
-        conn.execute(sql.SQL("SET LOCAL citus.shard_count = {}").format(sql.Literal(count)))
+    if not on_citus:
+        return
+    source = conn.execute("SELECT source FROM pg_settings WHERE name = 'citus.shard_count'").fetchone()
+    if source is not None and source[0] != "default":
+        return  # the operator chose (ALTER DATABASE/ROLE ... SET citus.shard_count, or PGOPTIONS)
+    # Few shards: a search fans out to every shard, so each costs a task on every query, while a shard
+    # holds millions of vectors comfortably. Two per worker keeps both cores of a small node busy and
+    # leaves room to rebalance onto more nodes; docs/databases.md has the measurements. This
+    # transaction only.
+    workers = conn.execute("SELECT count(*) FROM pg_dist_node WHERE groupid <> 0 AND isactive").fetchone()
+    count = max(2, 2 * int(workers[0] if workers else 1))
+    conn.execute(sql.SQL("SET LOCAL citus.shard_count = {}").format(sql.Literal(count)))
 
 
 _INITIAL_TABLES: Final = """
@@ -234,11 +244,14 @@ _V2 = Migration(
                 PRIMARY KEY (image_id, sha256)
             );
             ALTER TABLE embedding_models ADD COLUMN IF NOT EXISTS index_name text;
-            ALTER TABLE embedding_models ADD COLUMN IF NOT EXISTS index_precision text
-                CHECK (index_precision IN ('halfvec', 'vector'));
+            ALTER TABLE embedding_models ADD COLUMN IF NOT EXISTS index_precision text;
             ALTER TABLE embedding_models ADD COLUMN IF NOT EXISTS index_m integer;
             ALTER TABLE embedding_models ADD COLUMN IF NOT EXISTS index_ef_construction integer;
             """
+        ),
+        # Named, and apart from ADD COLUMN: Citus takes constraints only with explicit names.
+        _constraint(
+            "embedding_models", "embedding_models_index_precision", "CHECK (index_precision IN ('halfvec', 'vector'))"
         ),
         _distributed("ingest_claims", "image_id"),
         _record_legacy_indexes,
@@ -301,6 +314,10 @@ def migrate(conn: psycopg.Connection[Any], *, say: Callable[[str], None] = log.i
                     continue
                 say(f"migration {migration.version}: {migration.name}")
                 with conn.transaction():
+                    if citus:
+                        # A foreign key to a reference table (image_vectors -> embedding_models) needs every
+                        # command of the transaction on one connection per node.
+                        conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
                     conn.execute(_MIGRATIONS_TABLE)
                     for step in migration.steps:
                         step(conn, citus)

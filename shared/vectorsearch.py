@@ -369,6 +369,8 @@ class VectorSearch:
         Without ``strategy`` the plain unfiltered index query; with ``index`` the search's index path,
         under the same settings (iterative scan, forced index), ``analyze`` to run it."""
         query = self._query_vector(model, vector)
+        # Citus shows the shards' plans only for a query it runs (it cannot send the parameters otherwise).
+        analyze = analyze or self.db.is_citus()
         with self.db.search_pool.connection() as conn, conn.transaction():
             if strategy is None:
                 stmt: sql.Composed = sql.SQL(

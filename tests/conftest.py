@@ -86,6 +86,15 @@ def _database_markers(request: pytest.FixtureRequest) -> None:
         pytest.skip("Citus behaviour: runs with TEST_DATABASE_URL pointing at a Citus coordinator")
 
 
+@pytest.fixture
+def empty_database(postgres: Postgres) -> Iterator[str]:
+    """The URL of a new database without the schema (a fresh install), dropped after the test."""
+    name = f"empty_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
 @pytest.fixture(scope="session")
 def database_url(postgres: Postgres) -> Iterator[str]:
     """A fresh database for this test run, with the application schema."""

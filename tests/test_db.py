@@ -80,9 +80,9 @@ def test_cli_names_a_missing_setting_and_exits_2(
 
 
 def test_cli_stats_on_a_new_database_says_to_migrate(
-    postgres: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+    empty_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
 ) -> None:
-    url = postgres.create_database("stats_fresh")  # type: ignore[attr-defined]
+    url = empty_database
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
     monkeypatch.setenv("DATABASE_URL", url)
     assert cli_main(["stats"]) == 2

@@ -483,8 +483,33 @@ class TestTheIndex:
             del corpus.store.db._pgvector_version
         assert len(found.hits) == 10 and {h.content_type for h in found.hits} == {"image/png"}
 
+    @pytest.mark.single_node
     def test_an_iterative_scan_that_gives_up_falls_back_to_the_exact_scan(self, corpus: Corpus) -> None:
-        corpus.store.vectors.max_scan_tuples = 20
+        self.falls_back_when_the_scan_gives_up(corpus, 20)
+
+    @pytest.mark.citus_only
+    def test_on_citus_a_scan_limit_never_costs_rows_or_order(self, corpus: Corpus) -> None:
+        """On Citus the limit applies per shard (each shard runs its own scan, and a shard of a few hundred
+        rows may answer with an exact plan), so whether the scan "gives up" is the shards' affair: the forced
+        index path still returns k rows of the filter, and the auto strategy's answer is the exact top k."""
+        corpus.store.vectors.max_scan_tuples = 1
+        try:
+            found = corpus.store.vectors.search(
+                MODEL, corpus.queries[1], 10, filters=SearchFilters(content_types=("image/png",)), strategy="index"
+            )
+        finally:
+            del corpus.store.vectors.max_scan_tuples
+        mask = corpus.types == "image/png"
+        assert found.strategy in ("index", "index+exact") and len(found.hits) == 10
+        assert {h.content_type for h in found.hits} == {"image/png"}
+        auto = corpus.store.vectors.search(
+            MODEL, corpus.queries[1], 10, filters=SearchFilters(content_types=("image/png",))
+        )
+        assert [h.id for h in auto.hits] == corpus.exact(corpus.queries[1], mask)
+
+    @staticmethod
+    def falls_back_when_the_scan_gives_up(corpus: Corpus, max_scan_tuples: int) -> None:
+        corpus.store.vectors.max_scan_tuples = max_scan_tuples
         try:
             found = corpus.store.vectors.search(
                 MODEL, corpus.queries[1], 10, filters=SearchFilters(content_types=("image/png",)), strategy="index"
