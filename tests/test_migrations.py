@@ -1,0 +1,211 @@
+"""Migrations: a database made by the code before migrations existed is upgraded with its data intact,
+a worker never changes the schema (it reports what to run), an index whose parameters changed is
+rebuilt while search answers, and the app's own role needs no DDL rights."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+
+import azure.functions as func
+import numpy as np
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from scripts.services import Azurite, Postgres
+from shared import schema
+from shared.catalogue import ImageRecord, image_id
+from shared.db import make_pool
+from shared.errors import InvalidInput
+from shared.http import health
+from shared.maintenance import grant_app_role, migrate, reindex
+from shared.runtime import build_runtime
+from shared.schema import LATEST_VERSION, SchemaOutdated, _legacy_index_name
+from shared.settings import Settings
+from shared.store import Store
+from tests.fake_vision import FakeVision
+from tests.imagegen import image_bytes
+
+MODEL = "azure-vision:2023-04-15"
+
+
+def settings_for(url: str, fake: FakeVision, azurite: Azurite) -> Settings:
+    return Settings(
+        {
+            "DATABASE_URL": url,
+            "VISION_ENDPOINT": fake.endpoint,
+            "VISION_KEY": fake.key or "",
+            "ImagesStorage": azurite.connection_string,
+        }
+    )
+
+
+@pytest.fixture
+def legacy_database(empty_database: str, citus: bool) -> Iterator[str]:
+    """What the code before migrations left behind: its schema (created on first use, no
+    schema_migrations), a model with its vector HNSW index under the old name, and 50 indexed images."""
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with conn.transaction():
+            if citus:
+                conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+            for step in schema.MIGRATIONS[0].steps:
+                step(conn, citus)
+        conn.execute(
+            "INSERT INTO embedding_models (model_id, dimension, state, config, activated_at) "
+            "VALUES (%s, 1024, 'active', %s, now())",
+            (MODEL, '{"EMBEDDING_PROVIDER": "azure-vision", "VISION_MODEL_VERSION": "2023-04-15"}'),
+        )
+        conn.execute(
+            f'CREATE INDEX "{_legacy_index_name(MODEL, 1024)}" ON image_vectors USING hnsw '
+            f"((embedding::vector(1024)) vector_cosine_ops) WITH (m = 16, ef_construction = 64) "
+            f"WHERE model_id = '{MODEL}'"
+        )
+    store = Store(psycopg_pool(empty_database))
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((50, 1024)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = [
+        ImageRecord("images", f"old/{i:02d}.jpg", bytes([i]) * 32, "image/jpeg", 64, 48, 1000 + i) for i in range(50)
+    ]
+    store.bulk.upsert(records, vectors, MODEL)
+    store.close()
+    yield empty_database
+
+
+def psycopg_pool(url: str) -> ConnectionPool:
+    return make_pool(Settings({"DATABASE_URL": url}), role="admin")
+
+
+def counts(url: str) -> tuple[int, int]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM image_vectors)").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_a_database_of_the_previous_version_is_upgraded_with_its_data_intact(
+    legacy_database: str, fake_vision: FakeVision, azurite: Azurite
+) -> None:
+    settings = settings_for(legacy_database, fake_vision, azurite)
+    # A cold start against the old schema changes nothing and says what to run.
+    with pytest.raises(
+        SchemaOutdated, match=re.escape("version 1, this code needs 2: run `python -m shared.cli migrate`")
+    ):
+        build_runtime(settings)
+    answer = health(func.HttpRequest("GET", "/api/health", body=b""), settings)
+    body = json.loads(answer.get_body())
+    assert answer.status_code == 503 and "python -m shared.cli migrate" in body["checks"]["database"]["error"]
+    with psycopg.connect(legacy_database) as conn:
+        assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+
+    before = counts(legacy_database)
+    result = migrate(settings, say=lambda _: None)
+    assert (result.schema.before, result.schema.after) == (1, LATEST_VERSION)
+    assert counts(legacy_database) == before == (50, 50)
+    # The old index is known to the model (vector, m 16), and the settings' halfvec default is a rebuild away.
+    status = next(s for s in Store(psycopg_pool(legacy_database)).registry.models() if s.model.model_id == MODEL)
+    assert status.model.index_name == _legacy_index_name(MODEL, 1024) and status.model.precision == "vector"
+    assert result.built is None and any("reindex" in note for note in result.notes)
+
+    again = migrate(settings, say=lambda _: None)
+    assert again.schema.applied == () and again.built is None
+
+    rt = build_runtime(settings)  # now it starts
+    try:
+        vector = rt.store.catalogue.get_vector(image_id("images", "old/07.jpg"), MODEL)
+        assert vector is not None
+        assert rt.store.vectors.nearest(rt.model, vector, 5)[0].name == "old/07.jpg"
+    finally:
+        rt.close()
+
+
+def test_reindex_moves_a_model_to_the_new_index_while_search_keeps_answering(
+    legacy_database: str, fake_vision: FakeVision, azurite: Azurite
+) -> None:
+    settings = settings_for(legacy_database, fake_vision, azurite)
+    migrate(settings, say=lambda _: None)
+    rt = build_runtime(settings)
+    query = rt.store.catalogue.get_vector(image_id("images", "old/03.jpg"), MODEL)
+    assert query is not None
+    stop = threading.Event()
+    answers: list[str] = []
+    errors: list[BaseException] = []
+
+    def keep_searching() -> None:
+        while not stop.is_set():
+            try:
+                rt.refresh_models(force=True)
+                answers.append(rt.store.vectors.nearest(rt.model, query, 3)[0].name)
+            except BaseException as exc:
+                errors.append(exc)
+
+    searcher = threading.Thread(target=keep_searching)
+    searcher.start()
+    try:
+        result = reindex(settings, wait_seconds=0.5, say=lambda _: None)
+    finally:
+        stop.set()
+        searcher.join()
+        rt.close()
+    assert result.rebuilt == [MODEL] and result.dropped == [_legacy_index_name(MODEL, 1024)]
+    assert errors == [] and len(answers) > 0 and set(answers) == {"old/03.jpg"}
+    with psycopg.connect(legacy_database) as conn:
+        defs = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexdef LIKE '%USING hnsw%'")]
+    assert len(defs) == 1 and "halfvec(1024)" in defs[0] and "m='16'" in defs[0]
+    assert reindex(settings, say=lambda _: None).rebuilt == []  # nothing left to do
+
+
+def test_a_changed_hnsw_parameter_is_rebuilt_by_reindex(
+    database_url: str, fake_vision: FakeVision, azurite: Azurite
+) -> None:
+    settings = settings_for(database_url, fake_vision, azurite)
+    migrate(settings, say=lambda _: None)
+    changed = settings.with_overrides({"HNSW_M": "24"})
+    notes = migrate(changed, say=lambda _: None).notes
+    assert any("m=16" in n and "m=24" in n and "reindex" in n for n in notes)
+    result = reindex(changed, wait_seconds=0, say=lambda _: None)
+    assert result.rebuilt == [MODEL]
+    assert migrate(changed, say=lambda _: None).notes == []
+    reindex(settings, wait_seconds=0, say=lambda _: None)  # leave the shared database as the others expect
+
+
+@pytest.mark.single_node
+def test_the_apps_role_runs_ingestion_and_search_without_any_ddl_right(
+    postgres: Postgres, database_url: str, app_settings: Settings, azurite: object, fake_vision: FakeVision
+) -> None:
+    role = f"app_{uuid.uuid4().hex[:8]}-func"  # Function App names carry hyphens
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
+    migrate(app_settings, say=lambda _: None)
+    statements = grant_app_role(app_settings, role)
+    assert not any("CREATE" in s.upper() and "GRANT" not in s.upper() for s in statements)
+    url = database_url.replace("postgres@", f"{role}@", 1)
+    as_app = app_settings.with_overrides({"DATABASE_URL": url})
+    rt = build_runtime(as_app)
+    try:
+        rt.blobs.ensure_container()
+        rt.blobs.upload("least.jpg", image_bytes("red"), "image/jpeg")
+        from shared.ingest import ingest_blob
+
+        assert ingest_blob(rt, "least.jpg").outcome == "indexed"
+        hits = rt.store.vectors.nearest(rt.model, rt.provider.embed_text("red"), 3)
+        assert [h.name for h in hits] == ["least.jpg"]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE app_may_not (x int)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE images ADD COLUMN app_may_not int")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE embedding_models SET state = 'retired'")
+    finally:
+        rt.close()
+
+
+def test_granting_a_role_that_does_not_exist_says_how_to_create_it(app_settings: Settings) -> None:
+    with pytest.raises(InvalidInput, match="does not exist: create it first"):
+        grant_app_role(app_settings, "no-such-role")
