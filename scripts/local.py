@@ -79,7 +79,7 @@ def create_containers(env: Mapping[str, str]) -> list[str]:
 
 def prepare_app(values: dict[str, str]) -> None:
     env = {**values, **os.environ}
-    subprocess.run([sys.executable, "-m", "shared.cli", "init-db"], check=True, cwd=ROOT, env=env)
+    subprocess.run([sys.executable, "-m", "shared.cli", "migrate"], check=True, cwd=ROOT, env=env)
     # Only in the local emulator: containers in Azure are infra/'s to create.
     if env.get("ImagesStorage", "").startswith("UseDevelopmentStorage"):
         wait_for_port(AZURITE_PORTS[0])
