@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from functools import cache
@@ -64,6 +65,7 @@ MAX_JSON_BODY_BYTES: Final = 64 * 1024
 OPENAPI_PATH: Final = Path(__file__).with_name("openapi.json")
 FUNCTION_KEY_PARAM: Final = "code"  # the function key, when a client sends it in the query string
 IMAGE_TYPES: Final = ("application/octet-stream",)  # besides image/*
+_DIGITS: Final = re.compile(r"[0-9]{1,20}")
 
 
 class HttpError(Exception):
@@ -314,7 +316,8 @@ def _media_type(req: func.HttpRequest) -> str:
 
 def _declared_length(req: func.HttpRequest) -> int | None:
     value = (req.headers.get("content-length") or "").strip()
-    return int(value) if value.isdigit() and len(value) <= 20 else None
+    # ASCII digits only: str.isdigit() also accepts "¹" or "٣", which int() then refuses.
+    return int(value) if _DIGITS.fullmatch(value) else None
 
 
 def _body(req: func.HttpRequest, limit: int, what: str) -> bytes:

@@ -345,6 +345,16 @@ def test_an_image_over_20_mb_is_413_before_its_bytes_are_read(runtime: Runtime) 
     error_of(resp, 413, "PayloadTooLarge")
 
 
+@pytest.mark.parametrize("length", ["¹", "٣", "1e3", "-5", " "])
+def test_a_content_length_that_is_not_ascii_digits_is_ignored_not_a_500(
+    runtime: Runtime, fake_vision: FakeVision, length: str
+) -> None:
+    """Found by the property test: "¹".isdigit() is true, int("¹") raises. The header is then no use,
+    and the body itself (a real image here) is what counts."""
+    resp = call("search", "POST", headers={"Content-Type": "image/jpeg", "Content-Length": length}, body=image_bytes())
+    assert resp.status_code == 200
+
+
 def test_an_image_over_20_mb_without_content_length_is_413(runtime: Runtime, fake_vision: FakeVision) -> None:
     big = image_bytes("red", (64, 64), "PNG") + b"\0" * (20 * 1024 * 1024)
     error_of(call("search", "POST", headers={"Content-Type": "image/png"}, body=big), 413, "PayloadTooLarge")

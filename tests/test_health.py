@@ -24,7 +24,7 @@ def test_healthy_worker(runtime: Runtime) -> None:
     status, body = answer()  # the registered function, reading the installed runtime's settings
     assert status == 200 and body["status"] == "ok"
     checks = body["checks"]
-    assert checks["database"]["schema"] is True and checks["database"]["pgvector"].startswith("0.8")  # type: ignore[index]
+    assert checks["database"]["schema"] is True and checks["database"]["pgvector"] >= "0.7"  # type: ignore[index]
     assert checks["database"]["active_model"] == "azure-vision:2023-04-15"  # type: ignore[index]
     assert checks["provider"] == {
         "ok": True,
