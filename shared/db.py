@@ -172,16 +172,17 @@ class Database:
         # that ingestion can never hold every connection a search needs; one pool when not given.
         self.search_pool = search_pool or pool
 
+    # Both are read once, through the search pool: searches ask, and must never wait on the ingestion pool.
     def is_citus(self) -> bool:
         if self._citus is None:
-            with translate_errors("inspecting the database"), self.pool.connection() as conn:
+            with translate_errors("inspecting the database"), self.search_pool.connection() as conn:
                 self._citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
         return self._citus
 
     def pgvector_version(self) -> tuple[int, ...]:
         """The installed pgvector version, e.g. (0, 8, 2)."""
         if self._pgvector_version is None:
-            with translate_errors("inspecting the database"), self.pool.connection() as conn:
+            with translate_errors("inspecting the database"), self.search_pool.connection() as conn:
                 row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
             text = str(row[0]) if row else "0"
             self._pgvector_version = tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)

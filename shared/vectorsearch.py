@@ -312,6 +312,7 @@ class VectorSearch:
         """Up to ``fetch`` rows from the index, sorted by (distance, id)."""
         stmt, params = self._index_sql(model, filters, after)
         values = self._index_settings(fetch, filters, ef_search, force)
+        self.db.is_citus()  # learnt before taking a connection: a pool of one must not wait on itself
         with translate_errors("searching"), self.db.search_pool.connection() as conn:
             defaults = self._session_defaults(conn)
             needed = [(name, value) for name, value in values if defaults.get(name) != value]
@@ -371,6 +372,7 @@ class VectorSearch:
         query = self._query_vector(model, vector)
         # Citus shows the shards' plans only for a query it runs (it cannot send the parameters otherwise).
         analyze = analyze or self.db.is_citus()
+        self.db.pgvector_version()
         with self.db.search_pool.connection() as conn, conn.transaction():
             if strategy is None:
                 stmt: sql.Composed = sql.SQL(

@@ -161,8 +161,9 @@ def test_reindex_moves_a_model_to_the_new_index_while_search_keeps_answering(
 
 
 def test_a_changed_hnsw_parameter_is_rebuilt_by_reindex(
-    database_url: str, fake_vision: FakeVision, azurite: Azurite
+    database_url: str, store: Store, fake_vision: FakeVision, azurite: Azurite
 ) -> None:
+    """(``store`` empties the collection: the configured model is then the only one.)"""
     settings = settings_for(database_url, fake_vision, azurite)
     migrate(settings, say=lambda _: None)
     changed = settings.with_overrides({"HNSW_M": "24"})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import itertools
+import json
 import logging
 import mimetypes
 import threading
@@ -650,6 +651,37 @@ def test_blob_trigger_during_a_database_restart_fails_transiently_then_indexes(
     assert len(fake_vision.calls("image")) == 2, "nothing was embedded while the database was down"
     assert audit(rt).indexed == 2
     assert health_status() == 200
+
+
+@pytest.mark.embedded_only
+def test_a_search_while_the_database_is_down_answers_503_within_seconds(
+    rt: Runtime, fake_vision: FakeVision, restartable: Postgres, database_url: str
+) -> None:
+    """Searches fail fast (their pool waits 3 s for a connection), with Retry-After; ingestion may wait
+    longer (its pool waits 30 s, and the host retries it anyway). Before: 30 s to a 503."""
+    upload(rt, "up.jpg", image_bytes("red"))
+    deliver(rt, "up.jpg")
+    search = func.HttpRequest("GET", "http://localhost/api/search", params={"q": "red"}, body=b"")
+    assert handler("search")(search).status_code == 200  # the search pool has a live connection
+    try:
+        restartable.stop()
+        tally.add("faults_injected")
+        tally.add("database_outages")
+        started = time.monotonic()
+        answer = handler("search")(search)
+        elapsed = time.monotonic() - started
+    finally:
+        start_again(restartable)
+        wait_until_accepting(database_url)
+    assert answer.status_code == 503 and answer.headers.get("Retry-After")
+    assert json.loads(answer.get_body())["error"]["code"] == "DatabaseUnavailable"
+    assert elapsed < 10, f"{elapsed:.1f} s to a 503"  # a generous bound: the wait is 3 s, it used to be 30
+    print(f"\nsearch with the database down: 503 after {elapsed:.1f} s")
+    # And it recovers on its own, as soon as the pool's reconnection attempts find the server again.
+    deadline = time.monotonic() + 30
+    while handler("search")(search).status_code != 200:
+        assert time.monotonic() < deadline, "searches did not recover after the database came back"
+        time.sleep(0.5)
 
 
 # --- 3. concurrency: at-least-once delivery, many workers ----------------------------------------
