@@ -172,8 +172,9 @@ class VectorSearch:
     #    rows whenever at least k rows match, whatever the pgvector version, and a keyset cursor
     #    (distance, id) never skips a tied row at a page edge.
     # Once the strategy is the index, the planner is held to the plan that reads it in distance order
-    # (enable_sort off): pgvector 0.8 prices an HNSW scan by ef_search, and at a large ef_search or
-    # under a filter the planner would otherwise pick an exact plan that reads every matching vector.
+    # (enable_sort off; on Citus only when the index is forced): pgvector 0.8 prices an HNSW scan by
+    # ef_search, and at a large ef_search (100,000 vectors, ef_search 400) or under a filter the planner
+    # would otherwise pick an exact plan that reads every matching vector.
     exact_scan_max_rows: int = EXACT_SCAN_MAX_ROWS
     max_scan_tuples: int = HNSW_MAX_SCAN_TUPLES
 
@@ -202,7 +203,7 @@ class VectorSearch:
             matching = self._matching_estimate(model, filters)
             chosen = "exact" if matching <= self.exact_scan_max_rows else "index"
         if chosen == "index":
-            rows = self._index_search(model, query, limit, filters, after, ef_search)
+            rows = self._index_search(model, query, limit, filters, after, ef_search, forced=strategy == "index")
             if rows is not None:
                 return Nearest([h for h in rows if max_distance is None or h.distance <= max_distance], "index")
             chosen = "index+exact"
@@ -268,6 +269,8 @@ class VectorSearch:
         filters: SearchFilters,
         after: After | None,
         ef_search: int | None,
+        *,
+        forced: bool = False,
     ) -> list[Hit] | None:
         """The first ``limit`` rows in (distance, id) order by the index, or None when only an exact scan
         can answer (too few rows found, or a run of equal distances longer than the index can give)."""
@@ -277,7 +280,7 @@ class VectorSearch:
         narrowed = _narrows(filters) or after is not None
         fetch = limit + (max(limit, INDEX_SLACK_ROWS) if narrowed else 1)
         while True:
-            rows = self._index_scan(model, query, fetch, filters, after, ef_search)
+            rows = self._index_scan(model, query, fetch, filters, after, ef_search, forced=forced)
             if len(rows) < limit:
                 log.info("index scan found %d rows for %d asked; answering with an exact scan", len(rows), limit)
                 return None
@@ -363,7 +366,7 @@ class VectorSearch:
         return rows if rows >= 0 else None
 
     def _index_settings(
-        self, model: Model, fetch: int, filters: SearchFilters, ef_search: int | None
+        self, model: Model, fetch: int, filters: SearchFilters, ef_search: int | None, *, forced: bool = False
     ) -> dict[str, str]:
         ef = self._ef(model, fetch, ef_search)
         values: dict[str, str] = {}
@@ -374,7 +377,9 @@ class VectorSearch:
             ef = max(ef, HNSW_MAX_EF_SEARCH)
         values["hnsw.ef_search"] = str(min(ef, HNSW_MAX_EF_SEARCH))
         # Only a plan that reads the CTE's rows from the index in distance order avoids a second Sort.
-        values["enable_sort"] = "off"
+        # On Citus only when forced, as before: its coordinator plans the merge of the shards' rows.
+        if forced or not self.db.is_citus():
+            values["enable_sort"] = "off"
         return values
 
     def _apply_settings(self, conn: psycopg.Connection[Any], values: dict[str, str]) -> None:
@@ -419,11 +424,13 @@ class VectorSearch:
         filters: SearchFilters,
         after: After | None,
         ef_search: int | None,
+        *,
+        forced: bool = False,
     ) -> list[Hit]:
         """Up to ``fetch`` rows from the index, sorted by (distance, id)."""
         stmt, params = self._index_sql(model, filters, after, fetch)
         params["q"] = PgVector(query)
-        values = self._index_settings(model, fetch, filters, ef_search)
+        values = self._index_settings(model, fetch, filters, ef_search, forced=forced)
 
         def scan(conn: psycopg.Connection[Any]) -> list[Any]:
             if self.db.is_citus():
@@ -498,7 +505,7 @@ class VectorSearch:
                 filters = filters or SearchFilters()
                 text, params = self._index_sql(model, filters, None, k)
                 stmt = sql.SQL(text)
-                self._apply_settings(conn, self._index_settings(model, k, filters, None))
+                self._apply_settings(conn, self._index_settings(model, k, filters, None, forced=strategy == "index"))
             explain = sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN ")
             rows = conn.execute(explain + stmt, {**params, "q": PgVector(query)})
             return "\n".join(r[0] for r in rows)
