@@ -11,9 +11,12 @@ name index, the secondary indexes), in one transaction:
 The project path upserts them in its own batches (catalogue rows through a temporary table and
 INSERT … ON CONFLICT, vectors deleted and copied in). Rounds rotate the order of the paths on one
 server, tables emptied and a checkpoint taken before each, so drift in the machine's speed hits all
-alike. No HNSW index exists during the load (bulk loads build it afterwards; see bench.search).
+alike. No HNSW index exists during the load (bulk loads build it afterwards; see bench.search). Each
+load is timed in ``--slices`` parts (the project: one ``bulk_upsert`` call per part; COPY: one pair of
+COPY statements per part, same transaction), so a cost that grows with the tables' size shows as a
+rate that falls from the first part to the last.
 
-    .venv/bin/python -m bench.bulk_load [--quick] [--n N] [--rounds R]
+    .venv/bin/python -m bench.bulk_load [--quick] [--n N] [--rounds R] [--slices S]
 """
 
 from __future__ import annotations
@@ -40,42 +43,59 @@ CHUNK = 5_000
 
 
 def raw_copy(
-    conn: psycopg.Connection[Any], recs: list[ImageRecord], vectors: npt.NDArray[np.float32], prefix: str = "raw"
-) -> None:
-    """Plain binary COPY of the same rows into <prefix>_images and <prefix>_image_vectors, one transaction."""
+    conn: psycopg.Connection[Any],
+    recs: list[ImageRecord],
+    vectors: npt.NDArray[np.float32],
+    prefix: str = "raw",
+    slices: int = 1,
+) -> list[float]:
+    """Plain binary COPY of the same rows into <prefix>_images and <prefix>_image_vectors, one
+    transaction, in ``slices`` pairs of COPY statements; returns the seconds each slice took."""
+    times = []
     with conn.transaction():
-        cur = conn.cursor()
-        with cur.copy(
-            f"COPY {prefix}_images (id, container, name, status, sha256, content_type, width, height, byte_size, "
-            "etag, last_modified, metadata) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(
-                [
-                    "int8",
-                    "text",
-                    "text",
-                    "text",
-                    "bytea",
-                    "text",
-                    "int4",
-                    "int4",
-                    "int8",
-                    "text",
-                    "timestamptz",
-                    "jsonb",
-                ]
-            )
-            for r in recs:
-                head = (image_id(r.container, r.name), r.container, r.name, "indexed", r.sha256, r.content_type)
-                copy.write_row((*head, r.width, r.height, r.byte_size, r.etag, r.last_modified, Jsonb(r.metadata)))
-        with cur.copy(
-            f"COPY {prefix}_image_vectors (image_id, model_id, sha256, embedding) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
-            for start in range(0, len(recs), CHUNK):
-                part = recs[start : start + CHUNK]
-                copy.write(vector_rows(part, vectors[start : start + CHUNK]))
-            copy.write(b"\xff\xff")
+        step = -(-len(recs) // slices)
+        for start in range(0, len(recs), step):
+            with Stopwatch() as t:
+                _copy_slice(conn, recs[start : start + step], vectors[start : start + step], prefix)
+            times.append(t.seconds)
+    return times
+
+
+def _copy_slice(
+    conn: psycopg.Connection[Any], recs: list[ImageRecord], vectors: npt.NDArray[np.float32], prefix: str
+) -> None:
+    cur = conn.cursor()
+    with cur.copy(
+        f"COPY {prefix}_images (id, container, name, status, sha256, content_type, width, height, byte_size, "
+        "etag, last_modified, metadata) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(
+            [
+                "int8",
+                "text",
+                "text",
+                "text",
+                "bytea",
+                "text",
+                "int4",
+                "int4",
+                "int8",
+                "text",
+                "timestamptz",
+                "jsonb",
+            ]
+        )
+        for r in recs:
+            head = (image_id(r.container, r.name), r.container, r.name, "indexed", r.sha256, r.content_type)
+            copy.write_row((*head, r.width, r.height, r.byte_size, r.etag, r.last_modified, Jsonb(r.metadata)))
+    with cur.copy(
+        f"COPY {prefix}_image_vectors (image_id, model_id, sha256, embedding) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
+        for start in range(0, len(recs), CHUNK):
+            part = recs[start : start + CHUNK]
+            copy.write(vector_rows(part, vectors[start : start + CHUNK]))
+        copy.write(b"\xff\xff")
 
 
 def vector_rows(recs: list[ImageRecord], vectors: npt.NDArray[np.float32]) -> bytes:
@@ -98,12 +118,12 @@ LABELS = {
 }
 
 
-def run(n: int, rounds: int, quick: bool) -> dict[str, Any]:
+def run(n: int, rounds: int, quick: bool, slices: int = 1) -> dict[str, Any]:
     with services() as svc:
-        return measure(svc, n, rounds, quick)
+        return measure(svc, n, rounds, quick, slices)
 
 
-def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
+def measure(svc: Services, n: int, rounds: int, quick: bool, slices: int = 1) -> dict[str, Any]:
     with svc.connect(autocommit=True) as conn:
         migrate(conn)
         for prefix in ("raw", "fk"):
@@ -124,6 +144,8 @@ def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
     vectors = data.clustered(n)
     recs = data.records(n)
     seconds: dict[str, list[float]] = {path: [] for path in PATHS}
+    sliced: dict[str, list[list[float]]] = {path: [] for path in PATHS}
+    step = -(-n // slices)
     with psycopg.connect(svc.database_url, autocommit=True) as conn:
         register_vector(conn)
         for r in range(rounds):
@@ -131,10 +153,15 @@ def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
                 reset(conn)
                 with Stopwatch() as t:
                     if which == "project":
-                        store.bulk.upsert(recs, vectors, MODEL)
+                        times = []
+                        for start in range(0, n, step):
+                            with Stopwatch() as part:
+                                store.bulk.upsert(recs[start : start + step], vectors[start : start + step], MODEL)
+                            times.append(part.seconds)
                     else:
-                        raw_copy(conn, recs, vectors, "fk" if which == "copy+fk" else "raw")
+                        times = raw_copy(conn, recs, vectors, "fk" if which == "copy+fk" else "raw", slices)
                 seconds[which].append(t.seconds)
+                sliced[which].append(times)
                 log(f"round {r + 1}: {which} {n / t.seconds:,.0f} vectors/s")
         # Upsert over existing rows (a re-import): every row conflicts and is updated.
         with Stopwatch() as again:
@@ -142,6 +169,17 @@ def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
         counts = conn.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM image_vectors)").fetchone()
     pool.close()
     assert counts == (n, n), counts
+    # Rate in each slice of the load (median over rounds): whatever grows faster than the rows shows
+    # as a rate that falls from the first slice to the last.
+    by_slice = {
+        path: [step / statistics.median(r[i] for r in runs) for i in range(len(runs[0]))]
+        for path, runs in sliced.items()
+    }
+    table(
+        f"Rate while the tables fill: vectors/s in each of {slices} slices of the load (median of {rounds} rounds)",
+        ["path", *[f"{(i + 1) * 100 // slices} %" for i in range(slices)]],
+        [[LABELS[p], *by_slice[p]] for p in ("copy+fk", "copy", "project")],
+    )
 
     rate = {path: n / statistics.median(s) for path, s in seconds.items()}
     base, floor = rate["copy+fk"], rate["copy"]
@@ -162,6 +200,8 @@ def measure(svc: Services, n: int, rounds: int, quick: bool) -> dict[str, Any]:
         "rounds": rounds,
         "seconds": seconds,
         "reupsert_seconds": again.seconds,
+        "slices": slices,
+        "vectors_per_s_by_slice": by_slice,
         "vectors_per_s": rate,
         "reupsert_vectors_per_s": n / again.seconds,
         "ratio_vs_same_constraints": ratio,
@@ -175,10 +215,11 @@ def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--n", type=int, help="vectors to load (default 100,000; quick 20,000)")
     p.add_argument("--rounds", type=int, help="rounds per path, order rotating (default 5; quick 2)")
+    p.add_argument("--slices", type=int, default=5, help="report the rate in this many parts of each load (default 5)")
     args = p.parse_args()
     n = args.n or (20_000 if args.quick else 100_000)
     rounds = args.rounds or (2 if args.quick else 5)
-    write_json("bulk_load", run(n, rounds, args.quick), args.out)
+    write_json("bulk_load", run(n, rounds, args.quick, max(1, args.slices)), args.out)
 
 
 if __name__ == "__main__":

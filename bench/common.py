@@ -66,9 +66,35 @@ class Services:
         return psycopg.connect(self.database_url, **kwargs)
 
 
+def server_settings(workers: int | None = None) -> dict[str, str]:
+    """SERVER_SETTINGS, or for ``workers`` parallel workers a server sized to this machine: that many
+    processes build an index (and scan in parallel), maintenance_work_mem holds the graph of a
+    million halfvec vectors where the memory allows, shared_buffers about a quarter of the memory."""
+    if workers is None:
+        return dict(SERVER_SETTINGS)
+    gib = memory_gib()
+    return {
+        **SERVER_SETTINGS,
+        "shared_buffers": f"{max(2, min(32, int(gib / 4)))}GB",
+        "maintenance_work_mem": f"{max(2, min(16, int(gib / 6)))}GB",
+        "max_parallel_maintenance_workers": str(workers),
+        "max_parallel_workers": str(max(8, workers)),
+        "max_worker_processes": str(max(8, workers) + 4),
+    }
+
+
+def memory_gib() -> float:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return int(line.split()[1]) / 1024 / 1024
+    return 8.0
+
+
 @contextlib.contextmanager
-def services(*, azurite: bool = False, tune: bool = True) -> Iterator[Services]:
-    """Start PostgreSQL (tuned, see SERVER_SETTINGS) and optionally Azurite; stop and remove them after."""
+def services(*, azurite: bool = False, tune: bool = True, settings: dict[str, str] | None = None) -> Iterator[Services]:
+    """Start PostgreSQL (tuned: ``settings``, by default SERVER_SETTINGS) and optionally Azurite; stop
+    and remove them after."""
     root = Path(tempfile.mkdtemp(prefix="bench-"))
     pg: Postgres | None = None
     az: Azurite | None = None
@@ -76,7 +102,7 @@ def services(*, azurite: bool = False, tune: bool = True) -> Iterator[Services]:
         pg = start_postgres(root / "pgdata")
         if tune:
             with psycopg.connect(pg.uri(), autocommit=True) as conn:
-                for name, value in SERVER_SETTINGS.items():
+                for name, value in (settings or SERVER_SETTINGS).items():
                     conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
             restart(pg)
         url = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
@@ -217,10 +243,7 @@ def machine(conn: psycopg.Connection[Any] | None = None) -> dict[str, Any]:
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["ram_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    info["ram_gib"] = round(memory_gib(), 1)
     with contextlib.suppress(Exception):
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "shared"], cwd=ROOT, capture_output=True, text=True)
@@ -234,7 +257,7 @@ def machine(conn: psycopg.Connection[Any] | None = None) -> dict[str, Any]:
         info["pgvector"] = row[0] if row else None
         info["server_settings"] = {
             name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
-            for name in SERVER_SETTINGS
+            for name in (*SERVER_SETTINGS, "max_parallel_workers", "max_worker_processes")
         }
     return info
 

@@ -402,7 +402,7 @@ var appSettings = {
   HNSW_PRECISION: 'halfvec'
   HNSW_M: '16'
   HNSW_EF_CONSTRUCTION: '64'
-  HNSW_EF_SEARCH: '80'
+  HNSW_EF_SEARCH: 'auto'
   READ_LINK_MINUTES: '15'
   RECONCILE_SCHEDULE: reconcileSchedule
 }

@@ -120,10 +120,14 @@ class BulkLoader:
                     (datetime.now(UTC),),
                 )
                 # The rows the COPY replaces, and (as in save_indexed) vectors of other bytes, of any model.
+                # The redundant `= ANY(ids)` lets the planner find the batch's rows by the primary key:
+                # joined to the (unanalysed) temporary table alone it hashed the whole of image_vectors
+                # for every batch, so a re-import took time quadratic in the collection's size.
                 conn.execute(
                     "DELETE FROM image_vectors v USING bulk_images b "
-                    "WHERE v.image_id = b.id AND (v.model_id = %s OR v.sha256 <> b.sha256)",
-                    (model_id,),
+                    "WHERE v.image_id = ANY(%s::bigint[]) AND v.image_id = b.id "
+                    "AND (v.model_id = %s OR v.sha256 <> b.sha256)",
+                    (kept, model_id),
                 )
                 _copy_vectors(conn, kept, model_id, rows, vectors)
         return len(kept)

@@ -374,15 +374,19 @@ class Catalogue:
         with translate_errors("reading an image"), self.db.pool.connection() as conn:
             return _fetch_image(conn, image_id(container, name))
 
+    # Searches read these: through the search pool, retried once on a connection the server dropped.
     def get_image(self, iid: int) -> StoredImage | None:
-        with translate_errors("reading an image"), self.db.search_pool.connection() as conn:
-            return _fetch_image(conn, iid)
+        with translate_errors("reading an image"):
+            return self.db.read(lambda conn: _fetch_image(conn, iid))
 
     def get_vector(self, iid: int, model_id: str) -> Vector | None:
-        with translate_errors("reading a vector"), self.db.search_pool.connection() as conn:
-            row = conn.execute(
+        def vector(conn: psycopg.Connection[Any]) -> Any:
+            return conn.execute(
                 "SELECT embedding FROM image_vectors WHERE image_id = %s AND model_id = %s", (iid, model_id)
             ).fetchone()
+
+        with translate_errors("reading a vector"):
+            row = self.db.read(vector)
         return None if row is None else np.asarray(row[0].to_numpy(), dtype=np.float32)
 
     def count(self, status: str | None = None) -> int:

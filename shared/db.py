@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -23,6 +23,8 @@ from .errors import DatabaseUnavailable, SettingError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # psycopg's classes name the caller's next step: OperationalError (connection lost, server
 # shutting down, too many connections) may succeed later; everything else is a bug or bad data.
@@ -134,7 +136,9 @@ def make_pool(
         min_size=min(min_size, size),
         max_size=size,
         configure=_configure_search if role == "search" else _configure,
-        check=ConnectionPool.check_connection,  # a server restart must not hand out dead connections
+        # A server restart must not hand out dead connections. Ingestion tests each connection it takes
+        # (a round trip); a search, as fast as one statement, finds out when it runs (Database.read).
+        check=None if role == "search" else ConnectionPool.check_connection,
         timeout=SEARCH_POOL_TIMEOUT if role == "search" else WORK_POOL_TIMEOUT,
         max_waiting=8 * size if role == "search" else 0,
         reconnect_timeout=60,
@@ -175,15 +179,18 @@ class Database:
     # Both are read once, through the search pool: searches ask, and must never wait on the ingestion pool.
     def is_citus(self) -> bool:
         if self._citus is None:
-            with translate_errors("inspecting the database"), self.search_pool.connection() as conn:
-                self._citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
+            with translate_errors("inspecting the database"):
+                found = self.read(lambda c: c.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone())
+            self._citus = found is not None
         return self._citus
 
     def pgvector_version(self) -> tuple[int, ...]:
         """The installed pgvector version, e.g. (0, 8, 2)."""
         if self._pgvector_version is None:
-            with translate_errors("inspecting the database"), self.search_pool.connection() as conn:
-                row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            with translate_errors("inspecting the database"):
+                row = self.read(
+                    lambda c: c.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+                )
             text = str(row[0]) if row else "0"
             self._pgvector_version = tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
         return self._pgvector_version
@@ -194,6 +201,23 @@ class Database:
         transaction that also read or wrote the distributed tables. Nothing on a single node."""
         if self.is_citus():
             conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+
+    def read(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run read-only ``work`` on a search connection. The search pool does not test the connections
+        it hands out (a round trip per search); one the server dropped since (a restart, a failover)
+        fails here instead, and ``work`` runs once more after the pool has weeded out its dead
+        connections, which a read-only statement may."""
+        for attempt in (1, 2):
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                with self.search_pool.connection() as conn:
+                    return work(conn)
+            except psycopg.OperationalError:
+                if attempt == 2 or conn is None or not conn.broken:
+                    raise
+                log.info("a search connection was dropped by the server; trying again")
+                self.search_pool.check()
+        raise AssertionError("unreachable")
 
     def set_local(self, conn: psycopg.Connection[Any], name: str, value: int | str) -> None:
         if self.is_citus():

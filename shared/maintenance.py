@@ -90,7 +90,9 @@ def migrate(
     nothing. Safe to run again: a second run changes nothing."""
     with _admin(settings, credential) as conn:
         report = migrate_schema(conn, say=say)
-    result = MigrateResult(report)
+        result = MigrateResult(report)
+        if report.citus:
+            result.notes.extend(_cluster_settings(conn, settings, say))
     if not prepare_model:
         return result
     provider = provider or make_provider(settings, credential=credential)
@@ -114,6 +116,49 @@ def migrate(
                     f"{_describe(spec)}: run `python -m shared.cli reindex` to rebuild it (search keeps answering)"
                 )
     return result
+
+
+def _cluster_values(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, str]:
+    """A common search's settings on Citus, and the connections to each worker a session should keep
+    between searches (one per shard it holds)."""
+    import re
+
+    from .vectorsearch import cluster_defaults
+
+    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    pgvector = tuple(int(p) for p in re.findall(r"\d+", str(version[0] if version else "0"))[:3])
+    values = cluster_defaults(pgvector, settings.hnsw_ef_search)
+    shards = conn.execute(
+        "SELECT count(*)::float / greatest(1, (SELECT count(*) FROM pg_dist_node WHERE groupid <> 0 AND isactive)) "
+        "FROM pg_dist_shard WHERE logicalrelid = 'images'::regclass"
+    ).fetchone()
+    per_worker = max(1, round(float(shards[0]))) if shards and shards[0] else 1
+    values["citus.max_cached_conns_per_worker"] = str(per_worker)
+    return values
+
+
+def _cluster_settings(conn: psycopg.Connection[Any], settings: Settings, say: Say) -> list[str]:
+    """On Citus, make a common search's settings this database's defaults (Citus gives the workers the
+    same), so searches need no SET LOCAL and no transaction around them, and let each session keep its
+    connections to the workers between searches. Returns a note when this role may not do so."""
+    values = _cluster_values(conn, settings)
+    database = conn.execute("SELECT current_database()").fetchone()
+    assert database is not None
+    try:
+        for name, value in values.items():
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    sql.Identifier(database[0]), sql.Identifier(*name.split(".")), sql.Literal(value)
+                )
+            )
+    except psycopg.errors.InsufficientPrivilege:
+        listed = ", ".join(f"{k}={v}" for k, v in values.items())
+        return [
+            f"could not make the search settings database defaults ({listed}): only the database's owner may; "
+            "`grant-app-role` sets them for the app's role instead (searches work either way, slower without)"
+        ]
+    say(f"search defaults for {database[0]}: {', '.join(f'{k}={v}' for k, v in values.items())}")
+    return []
 
 
 def _describe(spec: IndexSpec | None) -> str:
@@ -255,6 +300,15 @@ def grant_app_role(settings: Settings, role: str, *, credential: object | None =
             statements.append(
                 sql.SQL("GRANT {} ON TABLE {} TO {}").format(sql.SQL(privileges), sql.Identifier(table), who)
             )
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None:
+            # The search defaults for the app's role here too (Citus passes ALTER ROLE ... SET on to the
+            # workers): where the administrator may not set them for the database (not its owner).
+            for name, value in _cluster_values(conn, settings).items():
+                statements.append(
+                    sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                        who, sql.Identifier(database[0]), sql.Identifier(*name.split(".")), sql.Literal(value)
+                    )
+                )
         with translate_errors("granting the app's role"), conn.transaction():
             for statement in statements:
                 conn.execute(statement)

@@ -103,15 +103,13 @@ def reembed(
             return None
         return data if hashlib.sha256(data).digest() == sha else None
 
-    def store(item: tuple[int, str, bytes], vector: Vector) -> str:
-        return "embedded" if rt.store.registry.add_vector(item[0], model.model_id, item[2], vector) else "skipped"
-
-    def one(item: tuple[int, str, bytes]) -> str:
+    def one(item: tuple[int, str, bytes]) -> Vector | str:
+        """The image's vector, or ``skipped`` (gone, changed, or refused by the service)."""
         data = fetch(item)
         if data is None:
             return "skipped"
         try:
-            return store(item, provider.embed_image(data))
+            return provider.embed_image(data)
         except PermanentError as exc:
             log.warning("reembed: %s refused by %s: %s", item[1], model.model_id, exc.message)
             return "skipped"
@@ -119,9 +117,9 @@ def reembed(
     # A local model embeds a batch faster than its images one by one; a remote service takes one at a time.
     embed_many: Callable[[list[bytes]], list[Vector]] | None = getattr(provider, "embed_images", None)
 
-    def batched(items: list[tuple[int, str, bytes]], pool: ThreadPoolExecutor) -> list[str | AppError]:
+    def batched(items: list[tuple[int, str, bytes]], pool: ThreadPoolExecutor) -> list[Vector | str | AppError]:
         datas = list(pool.map(_guard(fetch), items))
-        results: list[str | AppError] = ["skipped"] * len(items)
+        results: list[Vector | str | AppError] = ["skipped"] * len(items)
         ready = [(i, d) for i, d in enumerate(datas) if isinstance(d, bytes)]
         for i, d in enumerate(datas):
             if isinstance(d, AppError):
@@ -141,11 +139,27 @@ def reembed(
                     results[i] = exc
                 continue
             for (i, _), vector in zip(chunk, vectors, strict=True):
-                try:
-                    results[i] = store(items[i], vector)
-                except AppError as exc:
-                    results[i] = exc
+                results[i] = vector
         return results
+
+    def store(items: list[tuple[int, str, bytes]], vectors: list[Vector | str | AppError]) -> list[str | AppError]:
+        """Write a page's vectors in one batch, each only if its image still has the bytes it was made from."""
+        outcomes: list[str | AppError] = []
+        ready: list[tuple[int, bytes, Vector]] = []
+        for item, vector in zip(items, vectors, strict=True):
+            if isinstance(vector, (str, AppError)):
+                outcomes.append(vector)
+            else:
+                outcomes.append("written")
+                ready.append((item[0], item[2], vector))
+        try:
+            written = rt.store.registry.add_vectors(model.model_id, ready)
+        except AppError as exc:  # transient: the next run embeds them again
+            return [exc if o == "written" else o for o in outcomes]
+        return [
+            ("embedded" if item[0] in written else "skipped") if o == "written" else o
+            for item, o in zip(items, outcomes, strict=True)
+        ]
 
     after = -1
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reembed") as pool:
@@ -154,7 +168,8 @@ def reembed(
             if not batch:
                 break
             after = batch[-1][0]
-            outcomes = batched(batch, pool) if callable(embed_many) else list(pool.map(_guard(one), batch))
+            vectors = batched(batch, pool) if callable(embed_many) else list(pool.map(_guard(one), batch))
+            outcomes = store(batch, vectors)
             for item, result in zip(batch, outcomes, strict=True):
                 if isinstance(result, AppError):
                     report.errors.append(f"{item[1]}: {result.message}")

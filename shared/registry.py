@@ -9,9 +9,10 @@ time comes in as a parameter), and no correlated subquery against the reference 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import psycopg
@@ -211,16 +212,28 @@ class Registry:
 
     def add_vector(self, iid: int, model_id: str, sha256: bytes, vector: Vector) -> bool:
         """Store one model's vector for an image, only if the image still has exactly these bytes."""
-        with translate_errors("storing a vector"), self.db.pool.connection() as conn:
-            cur = conn.execute(
-                """INSERT INTO image_vectors (image_id, model_id, sha256, embedding, created_at)
-                   SELECT id, %s, sha256, %s, %s FROM images WHERE id = %s AND sha256 = %s AND status = 'indexed'
-                   ON CONFLICT (image_id, model_id) DO UPDATE
-                       SET sha256 = EXCLUDED.sha256, embedding = EXCLUDED.embedding,
-                           created_at = EXCLUDED.created_at""",
-                (model_id, PgVector(np.asarray(vector, dtype=np.float32)), _now(), iid, sha256),
-            )
-            return cur.rowcount > 0
+        return iid in self.add_vectors(model_id, [(iid, sha256, vector)])
+
+    def add_vectors(self, model_id: str, items: Sequence[tuple[int, bytes, Vector]]) -> set[int]:
+        """Store many vectors of one model, each (image id, sha256 of the bytes it was made from,
+        vector) only if that image still has exactly those bytes; returns the ids written.
+
+        One transaction and one round trip (psycopg sends the statements in a pipeline), each row under
+        the same condition as :meth:`add_vector`: a re-embedding writes a page of images at once, and an
+        image re-uploaded while its old bytes were being embedded keeps the vector of its new bytes."""
+        if not items:
+            return set()
+        now = _now()
+        rows = [(model_id, PgVector(np.asarray(v, dtype=np.float32)), now, iid, sha) for iid, sha, v in items]
+        written: set[int] = set()
+        with translate_errors("storing vectors"), self.db.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            cur.executemany(_ADD_VECTOR, rows, returning=True)
+            while True:
+                written.update(int(r[0]) for r in cur.fetchall())
+                if not cur.nextset():
+                    break
+        return written
 
     def drop_model(self, model_id: str) -> int:
         """Remove a model that is not active and its vectors; returns how many vectors went. Its indexes
@@ -238,23 +251,32 @@ class Registry:
         return deleted
 
     def active_model(self) -> Model | None:
-        with translate_errors("reading the active model"), self.db.search_pool.connection() as conn:
-            row = conn.execute(
-                sql.SQL("SELECT {} FROM embedding_models WHERE state = 'active'").format(_MODEL_COLUMNS)
-            ).fetchone()
+        query = sql.SQL("SELECT {} FROM embedding_models WHERE state = 'active'").format(_MODEL_COLUMNS)
+        with translate_errors("reading the active model"):
+            row = self.db.read(lambda conn: conn.execute(query).fetchone())
         return _model(row) if row else None
 
     def target_models(self) -> list[Model]:
         """Models ingestion writes: the active one first, then any being built by a re-embedding."""
         # The search pool: searches read this every refresh, and must not wait behind ingestion.
-        with translate_errors("reading the embedding models"), self.db.search_pool.connection() as conn:
-            rows = conn.execute(
-                sql.SQL(
-                    "SELECT {} FROM embedding_models WHERE state IN ('active', 'building') "
-                    "ORDER BY state = 'active' DESC, model_id"
-                ).format(_MODEL_COLUMNS)
-            ).fetchall()
+        query = sql.SQL(
+            "SELECT {} FROM embedding_models WHERE state IN ('active', 'building') "
+            "ORDER BY state = 'active' DESC, model_id"
+        ).format(_MODEL_COLUMNS)
+        with translate_errors("reading the embedding models"):
+            rows = self.db.read(lambda conn: conn.execute(query).fetchall())
         return [_model(r) for r in rows]
+
+
+# The image's current bytes are the condition: the SELECT finds no row when they changed or the image
+# is gone, and nothing is written.
+_ADD_VECTOR: Final = """
+INSERT INTO image_vectors (image_id, model_id, sha256, embedding, created_at)
+SELECT id, %s, sha256, %s, %s FROM images WHERE id = %s AND sha256 = %s AND status = 'indexed'
+ON CONFLICT (image_id, model_id) DO UPDATE
+    SET sha256 = EXCLUDED.sha256, embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at
+RETURNING image_id
+"""
 
 
 def _now() -> datetime:

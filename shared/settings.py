@@ -47,7 +47,7 @@ DEFAULTS: Final[dict[str, str | None]] = {
     "HNSW_PRECISION": "halfvec",
     "HNSW_M": "16",
     "HNSW_EF_CONSTRUCTION": "64",
-    "HNSW_EF_SEARCH": "80",
+    "HNSW_EF_SEARCH": "auto",
     "READ_LINK_MINUTES": "15",
     "RECONCILE_SCHEDULE": "0 0 * * * *",
 }
@@ -274,8 +274,20 @@ class Settings:
         return self._int("HNSW_EF_CONSTRUCTION", 4, 1000)
 
     @cached_property
-    def hnsw_ef_search(self) -> int:
-        return self._int("HNSW_EF_SEARCH", 1, 1000)
+    def hnsw_ef_search(self) -> int | None:
+        """hnsw.ef_search for searches: a number, or ``auto`` (None here), which grows with the collection
+        (``shared.vectorsearch.auto_ef_search``). Either way raised for a large k."""
+        name, hint = "HNSW_EF_SEARCH", "give auto or a whole number from 1 to 1000"
+        value = self._required(name, hint)
+        if value.lower() == "auto":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            raise SettingError(name, f"is {value!r}: {hint}") from None
+        if not 1 <= number <= 1000:
+            raise SettingError(name, f"is {number}: {hint}")
+        return number
 
     # --- search --------------------------------------------------------------------------------
     @cached_property

@@ -30,7 +30,7 @@ class Store:
         *,
         search_pool: ConnectionPool | None = None,
         index: IndexSpec | None = None,
-        ef_search: int = 80,
+        ef_search: int | None = None,
     ):
         self.db = Database(pool, search_pool)
         self.registry = Registry(self.db, index=index)

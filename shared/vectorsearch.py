@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 
 UNFILTERED_COUNT_SECONDS = 30.0
 LARGE_COUNT_SECONDS = 600.0
+FILTERED_COUNT_SECONDS = 30.0
+MAX_REMEMBERED_COUNTS = 1_024
+MAX_REMEMBERED_STATEMENTS = 256
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,25 @@ HNSW_MAX_SCAN_TUPLES: Final = 20_000
 # pgvector < 0.8 has no iterative scans: a filtered query can only widen the candidate list, to at
 # most 1000 (hnsw.ef_search's upper bound).
 HNSW_MAX_EF_SEARCH: Final = 1_000
+# hnsw.ef_search when HNSW_EF_SEARCH is `auto` (the default): AUTO_EF_SEARCH up to AUTO_EF_ROWS vectors,
+# growing with the square root of the collection beyond. Measured on clustered 1024-d vectors with the
+# default index (bench/RESULTS.md): recall@10 falls as the collection grows at a fixed ef_search.
+AUTO_EF_SEARCH: Final = 80
+AUTO_EF_ROWS: Final = 100_000
+AUTO_EF_GROWTH: Final = 0.5
+# At least this many candidates per row fetched: with k = 100 an ef_search of 101 finds noticeably
+# fewer of the true 100 nearest than twice that.
+EF_PER_ROW: Final = 2
 # relaxed_order returns rows slightly out of order: the index path fetches this many more than it
 # returns (at least as many again as asked), so the re-sort can put late arrivals in their place.
 INDEX_SLACK_ROWS: Final = 20
+
+
+def auto_ef_search(rows: int | None) -> int:
+    """The ef_search of HNSW_EF_SEARCH=auto for a collection of ``rows`` vectors (None: not known)."""
+    if rows is None or rows <= AUTO_EF_ROWS:
+        return AUTO_EF_SEARCH
+    return min(HNSW_MAX_EF_SEARCH, math.ceil(AUTO_EF_SEARCH * math.pow(rows / AUTO_EF_ROWS, AUTO_EF_GROWTH)))
 
 
 @dataclass(frozen=True)
@@ -98,13 +119,11 @@ class Nearest:
 class VectorSearch:
     """Nearest-neighbour queries over ``image_vectors`` joined to ``images``."""
 
-    def __init__(self, db: Database, *, ef_search: int = 80) -> None:
+    def __init__(self, db: Database, *, ef_search: int | None = None) -> None:
         self.db = db
         self.ef_search = ef_search
-        self._unfiltered_counts: dict[tuple[str, str | None], tuple[int, float]] = {}
-        self._configured: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[str, str]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._counts: dict[tuple[Any, ...], tuple[int, float]] = {}
+        self._statements: dict[tuple[Any, ...], str] = {}
 
     def nearest(
         self,
@@ -146,12 +165,16 @@ class VectorSearch:
     #    pgvector README recommends. pgvector < 0.8 (Cosmos DB for PostgreSQL has 0.7) has no
     #    iterative scans: a filtered query widens ef_search to its maximum instead.
     # 3. The index path cannot always tell "no more rows match" from "the scan gave up", or see the
-    #    end of a run of equal distances cut by its LIMIT. When it returns fewer rows than asked, or
-    #    the last row it would return ties with the last row it fetched, the exact scan answers
-    #    instead. So a filtered query returns k rows whenever at least k rows match, whatever the
-    #    pgvector version, and a keyset cursor (distance, id) never skips a tied row at a page edge.
-    # The planner may still choose a non-index plan in step 2 (pgvector 0.8 estimates filter
-    # selectivity); such a plan is exact, so correctness never depends on the planner's choice.
+    #    end of a run of equal distances cut by its LIMIT. When it returns fewer rows than asked the
+    #    exact scan answers instead; when the last row it would return ties with the last row it
+    #    fetched (duplicate images), it asks the index again for more rows, and only when the tie
+    #    runs past what the index can give does the exact scan answer. So a filtered query returns k
+    #    rows whenever at least k rows match, whatever the pgvector version, and a keyset cursor
+    #    (distance, id) never skips a tied row at a page edge.
+    # Once the strategy is the index, the planner is held to the plan that reads it in distance order
+    # (enable_sort off; on Citus only when the index is forced): pgvector 0.8 prices an HNSW scan by
+    # ef_search, and at a large ef_search (100,000 vectors, ef_search 400) or under a filter the planner
+    # would otherwise pick an exact plan that reads every matching vector.
     exact_scan_max_rows: int = EXACT_SCAN_MAX_ROWS
     max_scan_tuples: int = HNSW_MAX_SCAN_TUPLES
 
@@ -180,32 +203,38 @@ class VectorSearch:
             matching = self._matching_estimate(model, filters)
             chosen = "exact" if matching <= self.exact_scan_max_rows else "index"
         if chosen == "index":
-            fetch = limit + max(limit, INDEX_SLACK_ROWS)
-            rows = self._index_scan(model, query, limit, fetch, filters, after, ef_search, force=strategy == "index")
-            if len(rows) >= limit and not (len(rows) == fetch and rows[limit - 1].distance >= rows[-1].distance):
-                return Nearest([h for h in rows[:limit] if max_distance is None or h.distance <= max_distance], "index")
-            log.info("index scan found %d rows for %d asked; answering with an exact scan", len(rows), limit)
+            rows = self._index_search(model, query, limit, filters, after, ef_search, forced=strategy == "index")
+            if rows is not None:
+                return Nearest([h for h in rows if max_distance is None or h.distance <= max_distance], "index")
             chosen = "index+exact"
         return Nearest(self._exact_scan(model, query, limit, filters, after, max_distance), chosen)
 
     def _matching_estimate(self, model: Model, filters: SearchFilters) -> int:
-        """The capped count that picks the strategy. Without filters it only changes as the collection
-        grows or shrinks, so it is remembered for ``UNFILTERED_COUNT_SECONDS``: either choice is correct
+        """The capped count that picks the strategy, remembered for a while: either choice is correct
         (the index path falls back to an exact scan when it finds too few rows), a stale one only slower,
-        and the count would otherwise cost about as much as the search itself."""
+        and the count costs about as much as the search itself. Without filters it only changes as the
+        collection grows or shrinks (``UNFILTERED_COUNT_SECONDS``, or ``LARGE_COUNT_SECONDS`` far above
+        the threshold); a filter's is kept ``FILTERED_COUNT_SECONDS``, for the next page of the same
+        query. Leaving out one image (``exclude_id``, "more like this") changes no decision."""
         stop_at = self.exact_scan_max_rows + 1
-        if _is_filtered(filters):
-            return self.count_matching(model, filters, stop_at=stop_at)
-        key = (model.model_id, filters.container)
+        counted = replace(filters, exclude_id=None)
+        key = (model.model_id, counted)
         now = time.monotonic()
-        known = self._unfiltered_counts.get(key)
+        known = self._counts.get(key)
         if known is not None:
-            # A collection far above the threshold does not shrink below it in minutes.
-            ttl = UNFILTERED_COUNT_SECONDS if known[0] <= self.exact_scan_max_rows else LARGE_COUNT_SECONDS
+            if not _narrows(counted):
+                # A collection far above the threshold does not shrink below it in minutes.
+                ttl = UNFILTERED_COUNT_SECONDS if known[0] <= self.exact_scan_max_rows else LARGE_COUNT_SECONDS
+            else:
+                ttl = FILTERED_COUNT_SECONDS
             if now - known[1] < ttl:
                 return known[0]
-        count = self.count_matching(model, filters, stop_at=stop_at)
-        self._unfiltered_counts[key] = (count, now)
+        count = self.count_matching(model, counted, stop_at=stop_at)
+        if len(self._counts) >= MAX_REMEMBERED_COUNTS:
+            self._counts = {k: v for k, v in self._counts.items() if now - v[1] < FILTERED_COUNT_SECONDS}
+            if len(self._counts) >= MAX_REMEMBERED_COUNTS:
+                self._counts.clear()
+        self._counts[key] = (count, now)
         return count
 
     def count_matching(self, model: Model, filters: SearchFilters, *, stop_at: int) -> int:
@@ -213,11 +242,15 @@ class VectorSearch:
         where, params = _search_conditions(model, filters)
         stmt = sql.SQL(
             "SELECT count(*) FROM (SELECT 1 FROM image_vectors v JOIN images i ON i.id = v.image_id "
-            "WHERE {where} LIMIT %(stop_at)s) AS matching"
-        ).format(where=where)
-        with translate_errors("searching"), self.db.search_pool.connection() as conn:
-            row = conn.execute(stmt, {**params, "stop_at": stop_at}).fetchone()
-        return int(row[0]) if row else 0
+            "WHERE {where} LIMIT {stop_at}) AS matching"
+        ).format(where=where, stop_at=sql.Literal(int(stop_at)))
+
+        def count(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(stmt, params).fetchone()
+            return int(row[0]) if row else 0
+
+        with translate_errors("searching"):
+            return self.db.read(count)
 
     @staticmethod
     def _query_vector(model: Model, vector: Vector) -> Vector:
@@ -228,100 +261,205 @@ class VectorSearch:
             )
         return query
 
+    def _index_search(
+        self,
+        model: Model,
+        query: Vector,
+        limit: int,
+        filters: SearchFilters,
+        after: After | None,
+        ef_search: int | None,
+        *,
+        forced: bool = False,
+    ) -> list[Hit] | None:
+        """The first ``limit`` rows in (distance, id) order by the index, or None when only an exact scan
+        can answer (too few rows found, or a run of equal distances longer than the index can give)."""
+        # Without a filter (or a cursor, which filters too) the index hands over its first ef_search
+        # candidates in order: one row beyond the limit shows whether the last one ties with the next.
+        # Under a filter, relaxed_order's late arrivals need the slack.
+        narrowed = _narrows(filters) or after is not None
+        fetch = limit + (max(limit, INDEX_SLACK_ROWS) if narrowed else 1)
+        while True:
+            rows = self._index_scan(model, query, fetch, filters, after, ef_search, forced=forced)
+            if len(rows) < limit:
+                log.info("index scan found %d rows for %d asked; answering with an exact scan", len(rows), limit)
+                return None
+            if len(rows) < fetch or rows[limit - 1].distance < rows[-1].distance:
+                return rows[:limit]
+            if fetch >= HNSW_MAX_EF_SEARCH:
+                log.info("a run of equal distances longer than the index gives; answering with an exact scan")
+                return None
+            fetch = min(4 * fetch, HNSW_MAX_EF_SEARCH)
+
     def _index_sql(
-        self, model: Model, filters: SearchFilters, after: After | None
-    ) -> tuple[sql.Composed, dict[str, Any]]:
+        self, model: Model, filters: SearchFilters, after: After | None, fetch: int
+    ) -> tuple[str, dict[str, Any]]:
         """The index path: candidates in the order of the model's HNSW index (over halfvec or vector),
-        re-ranked by the full-precision distance, which is also the score and the cursor's key."""
+        re-ranked by the full-precision distance, which is also the score and the cursor's key.
+
+        The model, the dimension and the LIMIT are literals, so that the plan PostgreSQL keeps for the
+        prepared statement (psycopg prepares a statement run 5 times on a connection) can prove the
+        partial index's predicate and price the LIMIT: with them as parameters that generic plan reads
+        every vector. The statement's text depends only on which filters are set, so it is composed
+        once per shape."""
         where, params = _search_conditions(model, filters)
-        distance = _distance(model, "vector")
-        approx = _distance(model, model.precision)
         if after is not None:
-            where = sql.SQL("{} AND ({}, i.id) > (%(after_distance)s::float8, %(after_id)s::bigint)").format(
-                where, distance
-            )
             params.update(after_distance=after.distance, after_id=after.id)
-        stmt = sql.SQL(
-            "WITH nearest AS MATERIALIZED ("
-            " SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id"
-            " WHERE {where} ORDER BY {approx} LIMIT %(fetch)s"
-            ") SELECT id, name, content_type, width, height, created_at, byte_size, container, thumbnail, distance"
-            " FROM nearest ORDER BY distance, id"
-        ).format(columns=_HIT_COLUMNS, distance=distance, approx=approx, where=where)
-        return stmt, params
+        key = (model.model_id, model.dimension, model.precision, _shape(filters), after is not None, fetch)
+        text = self._statements.get(key)
+        if text is None:
+            distance = _distance(model, "vector")
+            if after is not None:
+                where = sql.SQL("{} AND ({}, i.id) > (%(after_distance)s::float8, %(after_id)s::bigint)").format(
+                    where, distance
+                )
+            template = (
+                # On Citus one level, which it runs in one step (each shard's nearest rows, merged on the
+                # coordinator); an outer ORDER BY over a LIMIT makes it two steps through an intermediate
+                # result, twice the latency. The re-sort by (distance, id) is then done in Python.
+                "SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id"
+                " WHERE {where} ORDER BY {approx} LIMIT {fetch}"
+                if self.db.is_citus()
+                else "WITH nearest AS MATERIALIZED ("
+                " SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id"
+                " WHERE {where} ORDER BY {approx} LIMIT {fetch}"
+                ") SELECT id, name, content_type, width, height, created_at, byte_size, container, thumbnail, distance"
+                " FROM nearest ORDER BY distance, id"
+            )
+            stmt = sql.SQL(template).format(
+                columns=_HIT_COLUMNS,
+                distance=distance,
+                approx=_distance(model, model.precision),
+                where=where,
+                fetch=sql.Literal(int(fetch)),
+            )
+            text = stmt.as_string(None)
+            if len(self._statements) >= MAX_REMEMBERED_STATEMENTS:
+                self._statements.clear()
+            self._statements[key] = text
+        return text, params
+
+    def effective_ef_search(self, model: Model, limit: int, ef_search: int | None = None) -> int:
+        """The hnsw.ef_search an unfiltered search of ``model`` for ``limit`` rows runs with."""
+        return min(self._ef(model, limit + 1, ef_search), HNSW_MAX_EF_SEARCH)
+
+    def _ef(self, model: Model, fetch: int, ef_search: int | None) -> int:
+        """ef_search for fetching ``fetch`` rows: the one asked for, else the configured one, else (the
+        default, ``auto``) one that grows with the collection (see :func:`auto_ef_search`); and never
+        below EF_PER_ROW candidates per row fetched, so a large k keeps its recall."""
+        chosen = ef_search or self.ef_search or auto_ef_search(self._indexed_rows(model))
+        return max(chosen, EF_PER_ROW * fetch)
+
+    def _indexed_rows(self, model: Model) -> int | None:
+        """How many vectors the model's index holds, as PostgreSQL last counted them (the index's
+        reltuples: CREATE INDEX, VACUUM and ANALYZE update it), remembered for LARGE_COUNT_SECONDS.
+        None when unknown (no index recorded, never counted, or Citus, whose coordinator holds none)."""
+        if model.index_name is None or self.db.is_citus():
+            return None
+        key = ("rows", model.model_id, model.index_name)
+        now = time.monotonic()
+        known = self._counts.get(key)
+        if known is not None and now - known[1] < LARGE_COUNT_SECONDS:
+            return known[0] if known[0] >= 0 else None
+        name = sql.Identifier(model.index_name).as_string(None)
+
+        def reltuples(conn: psycopg.Connection[Any]) -> Any:
+            return conn.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (name,)).fetchone()
+
+        with translate_errors("searching"):
+            row = self.db.read(reltuples)
+        rows = int(row[0]) if row is not None and row[0] is not None and row[0] >= 0 else -1
+        self._counts[key] = (rows, now)
+        return rows if rows >= 0 else None
 
     def _index_settings(
-        self, fetch: int, filters: SearchFilters, ef_search: int | None, force: bool
-    ) -> list[tuple[str, str]]:
-        ef = max(int(ef_search or self.ef_search), fetch)
-        values: list[tuple[str, str]] = []
+        self, model: Model, fetch: int, filters: SearchFilters, ef_search: int | None, *, forced: bool = False
+    ) -> dict[str, str]:
+        ef = self._ef(model, fetch, ef_search)
+        values: dict[str, str] = {}
         if self.db.pgvector_version() >= (0, 8):
-            values += [("hnsw.iterative_scan", "relaxed_order"), ("hnsw.max_scan_tuples", str(self.max_scan_tuples))]
-        elif _is_filtered(filters):
+            values["hnsw.iterative_scan"] = "relaxed_order"
+            values["hnsw.max_scan_tuples"] = str(self.max_scan_tuples)
+        elif _narrows(filters):
             ef = max(ef, HNSW_MAX_EF_SEARCH)
-        values.append(("hnsw.ef_search", str(min(ef, HNSW_MAX_EF_SEARCH))))
-        if force:
-            # Only a plan that reads the CTE's rows from the index in distance order avoids a second Sort.
-            values.append(("enable_sort", "off"))
+        values["hnsw.ef_search"] = str(min(ef, HNSW_MAX_EF_SEARCH))
+        # Only a plan that reads the CTE's rows from the index in distance order avoids a second Sort.
+        # On Citus only when forced, as before: its coordinator plans the merge of the shards' rows.
+        if forced or not self.db.is_citus():
+            values["enable_sort"] = "off"
         return values
 
-    def _apply_settings(self, conn: psycopg.Connection[Any], values: list[tuple[str, str]]) -> None:
+    def _apply_settings(self, conn: psycopg.Connection[Any], values: dict[str, str]) -> None:
         """The settings of one query, for this transaction only."""
         if self.db.is_citus():
-            for name, value in values:
+            for name, value in values.items():
                 self.db.set_local(conn, name, value)  # SET LOCAL, which Citus can pass on to the shards
             return
         # One statement for all of them: on a fast query the round trips are most of the cost.
         calls = sql.SQL(", ").join(
-            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value)) for name, value in values
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+            for name, value in values.items()
         )
         conn.execute(sql.SQL("SELECT {}").format(calls))
 
-    def _session_defaults(self, conn: psycopg.Connection[Any]) -> dict[str, str]:
-        """The settings most searches use, set once per pooled connection (single node only), so that a
-        common search is one statement: no transaction, no SET per query."""
-        known = self._configured.get(conn)
-        if known is not None:
-            return known
-        if self.db.is_citus():
-            known = {}  # Citus passes only SET LOCAL on to the shards: every query sets its own
-        else:
-            known = dict(self._index_settings(0, SearchFilters(), None, False))
-            statements = sql.SQL("; ").join(
-                sql.SQL("SET {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value))
-                for name, value in known.items()
-            )
-            conn.execute(statements)
-            if not conn.autocommit:
-                conn.commit()
-        self._configured[conn] = known
-        return known
+    def _use_settings(self, conn: psycopg.Connection[Any], values: dict[str, str]) -> None:
+        """Give this pooled connection's session ``values`` (single node), in one statement and only
+        where they differ from what it has: a search with the usual settings is then a single statement,
+        no transaction and no SET. The search pool's connections run nothing but searches."""
+        current = _session(conn)
+        changes = {name: value for name, value in values.items() if current.get(name) != value}
+        if not changes:
+            return
+        calls = sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value))
+            for name, value in changes.items()
+        )
+        # Forgotten first: if the statement fails (or a transaction around it rolls back), the next
+        # search sets everything again.
+        _forget_session(conn)
+        conn.execute(sql.SQL("SELECT {}").format(calls))
+        if not conn.autocommit:
+            conn.commit()
+        with _SESSIONS_LOCK:
+            _SESSIONS[conn] = {**current, **changes}
 
     def _index_scan(
         self,
         model: Model,
         query: Vector,
-        limit: int,
         fetch: int,
         filters: SearchFilters,
         after: After | None,
         ef_search: int | None,
         *,
-        force: bool,
+        forced: bool = False,
     ) -> list[Hit]:
         """Up to ``fetch`` rows from the index, sorted by (distance, id)."""
-        stmt, params = self._index_sql(model, filters, after)
-        values = self._index_settings(fetch, filters, ef_search, force)
+        stmt, params = self._index_sql(model, filters, after, fetch)
+        params["q"] = PgVector(query)
+        values = self._index_settings(model, fetch, filters, ef_search, forced=forced)
+
+        def scan(conn: psycopg.Connection[Any]) -> list[Any]:
+            if self.db.is_citus():
+                if all(_cluster_session(conn, values).get(n) == v for n, v in values.items()):
+                    # The database's own defaults, which Citus gave the workers too (ALTER DATABASE ... SET,
+                    # see shared/maintenance.py): one statement, no transaction around it on every node.
+                    found = conn.execute(stmt, params).fetchall()
+                else:
+                    with conn.transaction():
+                        self._apply_settings(conn, values)
+                        found = conn.execute(stmt, params).fetchall()
+                return sorted(found, key=lambda r: (float(r[-1]), int(r[0])))
+            try:
+                self._use_settings(conn, values)
+                return conn.execute(stmt, params).fetchall()
+            except BaseException:
+                _forget_session(conn)
+                raise
+
         self.db.is_citus()  # learnt before taking a connection: a pool of one must not wait on itself
-        with translate_errors("searching"), self.db.search_pool.connection() as conn:
-            defaults = self._session_defaults(conn)
-            needed = [(name, value) for name, value in values if defaults.get(name) != value]
-            if not needed:
-                rows = conn.execute(stmt, {**params, "q": PgVector(query), "fetch": fetch}).fetchall()
-            else:
-                with conn.transaction():
-                    self._apply_settings(conn, needed if not self.db.is_citus() else values)
-                    rows = conn.execute(stmt, {**params, "q": PgVector(query), "fetch": fetch}).fetchall()
+        with translate_errors("searching"):
+            rows = self.db.read(scan)
         return [_hit(row) for row in rows]
 
     def _exact_scan(
@@ -351,8 +489,9 @@ class VectorSearch:
         ).format(
             columns=_HIT_COLUMNS, dim=sql.Literal(model.dimension), where=where, outer=sql.SQL(" AND ").join(outer)
         )
-        with translate_errors("searching"), self.db.search_pool.connection() as conn:
-            rows = conn.execute(stmt, {**params, "q": PgVector(query), "limit": limit}).fetchall()
+        params.update(q=PgVector(query), limit=limit)
+        with translate_errors("searching"):
+            rows = self.db.read(lambda conn: conn.execute(stmt, params).fetchall())
         return [_hit(row) for row in rows]
 
     def explain_nearest(
@@ -375,19 +514,67 @@ class VectorSearch:
         self.db.pgvector_version()
         with self.db.search_pool.connection() as conn, conn.transaction():
             if strategy is None:
-                stmt: sql.Composed = sql.SQL(
-                    "SELECT v.image_id FROM image_vectors v WHERE v.model_id = %(model)s "
-                    "ORDER BY {approx} LIMIT %(limit)s"
-                ).format(approx=_distance(model, model.precision))
-                params: dict[str, Any] = {"model": model.model_id}
+                stmt: sql.Composable = sql.SQL(
+                    "SELECT v.image_id FROM image_vectors v WHERE v.model_id = {model} ORDER BY {approx} LIMIT {k}"
+                ).format(model=_literal(model.model_id), approx=_distance(model, model.precision), k=sql.Literal(k))
+                params: dict[str, Any] = {}
             else:
-                stmt, params = self._index_sql(model, filters or SearchFilters(), None)
-                self._apply_settings(
-                    conn, self._index_settings(k, filters or SearchFilters(), None, strategy == "index")
-                )
+                filters = filters or SearchFilters()
+                text, params = self._index_sql(model, filters, None, k)
+                stmt = sql.SQL(text)
+                self._apply_settings(conn, self._index_settings(model, k, filters, None, forced=strategy == "index"))
             explain = sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN ")
-            rows = conn.execute(explain + stmt, {**params, "q": PgVector(query), "limit": k, "fetch": k})
+            rows = conn.execute(explain + stmt, {**params, "q": PgVector(query)})
             return "\n".join(r[0] for r in rows)
+
+
+# The settings each pooled connection's session has now, as searches set them (single node). Kept by
+# connection, not by searcher: every Store over the same pool sees the same sessions.
+_SESSIONS: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[str, str]] = weakref.WeakKeyDictionary()
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    with _SESSIONS_LOCK:
+        return dict(_SESSIONS.get(conn, {}))
+
+
+def _cluster_session(conn: psycopg.Connection[Any], values: dict[str, str]) -> dict[str, str]:
+    """On Citus, the values ``values``' settings have in this connection's session without any SET: the
+    database's (or role's) defaults, read once per connection after loading pgvector (whose settings
+    exist only then)."""
+    with _SESSIONS_LOCK:
+        known = _SESSIONS.get(conn)
+    if known is not None and set(values) <= set(known):
+        return known
+    conn.execute("SELECT NULL::vector")
+    names = sorted(set(values) | set(known or {}))
+    row = conn.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(sql.SQL("current_setting({}, true)").format(sql.Literal(n)) for n in names)
+        )
+    ).fetchone()
+    current = {n: str(v) for n, v in zip(names, row or (), strict=True) if v is not None}
+    with _SESSIONS_LOCK:
+        _SESSIONS[conn] = current
+    return current
+
+
+def cluster_defaults(pgvector_version: tuple[int, ...], ef_search: int | None) -> dict[str, str]:
+    """The settings of a common search (unfiltered, k up to 40) on Citus, which ``migrate`` makes the
+    database's defaults there so that such a search needs no SET at all."""
+    values: dict[str, str] = {}
+    if pgvector_version >= (0, 8):
+        values["hnsw.iterative_scan"] = "relaxed_order"
+        values["hnsw.max_scan_tuples"] = str(HNSW_MAX_SCAN_TUPLES)
+    # The coordinator knows no row count (the shards hold the index), so "auto" is its base value.
+    values["hnsw.ef_search"] = str(min(ef_search or auto_ef_search(None), HNSW_MAX_EF_SEARCH))
+    return values
+
+
+def _forget_session(conn: psycopg.Connection[Any]) -> None:
+    with _SESSIONS_LOCK:
+        _SESSIONS.pop(conn, None)
 
 
 def _distance(model: Model, precision: str) -> sql.Composed:
@@ -408,20 +595,34 @@ def _hit(row: Sequence[Any]) -> Hit:
     return Hit(iid, name, float(distance), content_type, width, height, created_at, byte_size, container, thumbnail)
 
 
-def _is_filtered(filters: SearchFilters) -> bool:
-    return bool(
-        filters.prefix
-        or filters.content_types
-        or filters.uploaded_after
-        or filters.uploaded_before
-        or filters.exclude_id is not None
+def _literal(value: str) -> sql.SQL:
+    """``value`` quoted as an SQL literal, its ``%`` doubled: every statement here is sent with
+    parameters, so psycopg reads a lone ``%`` as the start of a placeholder."""
+    return sql.SQL(sql.Literal(value).as_string(None).replace("%", "%%"))
+
+
+def _narrows(filters: SearchFilters) -> bool:
+    """Whether ``filters`` keep only part of the collection (leaving out one image does not count)."""
+    return bool(filters.prefix or filters.content_types or filters.uploaded_after or filters.uploaded_before)
+
+
+def _shape(filters: SearchFilters) -> tuple[bool, ...]:
+    """Which filters are set: what the text of a search's statement depends on."""
+    return (
+        filters.container is not None,
+        bool(filters.prefix),
+        bool(filters.content_types),
+        filters.uploaded_after is not None,
+        filters.uploaded_before is not None,
+        filters.exclude_id is not None,
     )
 
 
 def _search_conditions(model: Model, filters: SearchFilters) -> tuple[sql.Composed, dict[str, Any]]:
     """The WHERE clause shared by every search path: searchable under ``model`` and matching ``filters``."""
-    parts = [sql.SQL("v.model_id = %(model)s AND i.status = 'indexed'")]
-    params: dict[str, Any] = {"model": model.model_id}
+    # The model is a literal: only then can a prepared statement's generic plan use its partial index.
+    parts: list[sql.Composable] = [sql.SQL("v.model_id = {} AND i.status = 'indexed'").format(_literal(model.model_id))]
+    params: dict[str, Any] = {}
     if filters.container is not None:
         parts.append(sql.SQL("i.container = %(container)s"))
         params["container"] = filters.container

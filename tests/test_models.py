@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from shared.catalogue import image_id
+from shared.catalogue import ImageRecord, image_id
 from shared.errors import InvalidInput
 from shared.ingest import reconcile
 from shared.maintenance import drop_model
 from shared.models import reembed, register_target, target
 from shared.runtime import Runtime
+from shared.store import Store
 from tests.fake_vision import FakeVision
 from tests.imagegen import COLOURS, image_bytes
 
@@ -108,3 +111,32 @@ def test_activation_can_be_forced_and_an_unknown_model_is_refused(runtime: Runti
     register_target(runtime, target(runtime.settings, "azure-vision", "2022-04-11"))
     status = runtime.store.registry.activate(NEW, force=True)
     assert status.model.state == "active" and status.covered == 0
+
+
+def test_a_batch_of_vectors_is_written_only_where_the_bytes_are_still_the_same(store: Store) -> None:
+    """reembed writes a page at once; each vector still needs its image to hold the bytes it came from."""
+    # Models of their own: the ones above left 1024-d indexes behind, which refuse 4-d vectors.
+    old, new_model = "batch-old:1", "batch-new:1"
+    store.registry.ensure_model(old, 4)
+    store.registry.register(new_model, 4)
+    records = [
+        ImageRecord("images", f"b{i}.jpg", hashlib.sha256(b"%d" % i).digest(), "image/jpeg", 4, 4, 1) for i in range(4)
+    ]
+    store.bulk.upsert(records, np.eye(4, dtype=np.float32), old)
+    ids = [image_id("images", r.name) for r in records]
+    store.catalogue.save_failure("images", "b3.jpg", "InvalidImage", "now broken")  # no longer indexed
+    new = np.full((5, 4), 0.5, dtype=np.float32)
+    batch = [
+        (ids[0], records[0].sha256, new[0]),  # unchanged: written
+        (ids[1], hashlib.sha256(b"older bytes").digest(), new[1]),  # re-uploaded meanwhile: skipped
+        (ids[2], records[2].sha256, new[2]),  # unchanged: written
+        (ids[3], records[3].sha256, new[3]),  # failed meanwhile: skipped
+        (image_id("images", "gone.jpg"), records[0].sha256, new[4]),  # deleted: skipped
+    ]
+    assert store.registry.add_vectors(new_model, batch) == {ids[0], ids[2]}
+    assert np.allclose(store.catalogue.get_vector(ids[0], new_model), new[0])  # type: ignore[arg-type]
+    assert store.catalogue.get_vector(ids[1], new_model) is None
+    # Written again (a second run after a crash): replaced, still one row per image and model.
+    assert store.registry.add_vectors(new_model, [(ids[0], records[0].sha256, new[1])]) == {ids[0]}
+    assert np.allclose(store.catalogue.get_vector(ids[0], new_model), new[1])  # type: ignore[arg-type]
+    assert store.registry.add_vectors(new_model, []) == set()

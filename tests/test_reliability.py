@@ -33,14 +33,16 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from scripts.services import AZURITE_KEY, Azurite, Postgres
-from shared.catalogue import image_id
+from shared.catalogue import ImageRecord, image_id
+from shared.db import make_pool
 from shared.errors import DatabaseUnavailable, ProviderMisconfigured, ProviderResponseError, ProviderUnavailable
 from shared.ingest import reconcile
 from shared.runtime import Runtime, build_runtime, set_runtime
 from shared.settings import Settings, get_settings
+from shared.store import Store
 from tests.appfns import handler
 from tests.badfiles import CORPUS, BadFile, Tally
-from tests.conftest import prepare
+from tests.conftest import make_settings, prepare
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
 from tests.test_ingest import as_host_delivers, upload
@@ -682,6 +684,35 @@ def test_a_search_while_the_database_is_down_answers_503_within_seconds(
     while handler("search")(search).status_code != 200:
         assert time.monotonic() < deadline, "searches did not recover after the database came back"
         time.sleep(0.5)
+
+
+@pytest.mark.embedded_only
+def test_a_search_after_a_database_restart_answers_on_a_new_connection(
+    restartable: Postgres, database_url: str, pool: ConnectionPool
+) -> None:
+    """The search pool does not test each connection it hands out (that is a round trip per search): a
+    connection the restart killed fails when a search uses it, and the search runs again on a new one."""
+    search = make_pool(make_settings(DATABASE_URL=database_url, DATABASE_POOL_MAX="4"), role="search")
+    try:
+        store = Store(pool, search_pool=search)
+        with pool.connection() as conn:
+            conn.execute("TRUNCATE image_vectors, images, embedding_models, ingest_claims")
+        model = store.registry.ensure_model("restart:1", 4)
+        vectors = np.eye(4, dtype=np.float32)
+        records = [
+            ImageRecord("images", f"r{i}.jpg", hashlib.sha256(b"%d" % i).digest(), "image/jpeg", 4, 4, 1)
+            for i in range(4)
+        ]
+        store.bulk.upsert(records, vectors, model.model_id)
+        assert store.vectors.nearest(model, vectors[0], 2)[0].name == "r0.jpg"  # the pool now holds a connection
+        restartable.stop()
+        tally.add("faults_injected")
+        tally.add("database_outages")
+        start_again(restartable)
+        wait_until_accepting(database_url)
+        assert store.vectors.nearest(model, vectors[1], 2)[0].name == "r1.jpg"
+    finally:
+        search.close()
 
 
 # --- 3. concurrency: at-least-once delivery, many workers ----------------------------------------

@@ -15,10 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
 from shared.catalogue import ImageRecord, image_id
+from shared.db import make_pool
 from shared.errors import InvalidImage, InvalidInput, ProviderUnavailable
 from shared.registry import Model
 from shared.runtime import Runtime
@@ -38,8 +41,8 @@ from shared.search import (
     parse_options,
 )
 from shared.store import Store
-from shared.vectorsearch import After, SearchFilters
-from tests.conftest import Catalogue
+from shared.vectorsearch import AUTO_EF_SEARCH, EF_PER_ROW, After, SearchFilters, auto_ef_search
+from tests.conftest import Catalogue, make_settings
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
 
@@ -379,6 +382,13 @@ def test_a_cursor_cannot_be_replayed_on_another_query(catalogue: Catalogue, sear
         searcher.text("red", Options(k=1, cursor=page.next_cursor, filters=Filters(prefix="1")))
 
 
+def test_auto_ef_search_grows_with_the_collection() -> None:
+    assert auto_ef_search(None) == auto_ef_search(3_000) == auto_ef_search(100_000) == AUTO_EF_SEARCH
+    sizes = [100_000, 300_000, 1_000_000, 10_000_000, 10**9]
+    efs = [auto_ef_search(n) for n in sizes]
+    assert efs == sorted(efs) and efs[1] > AUTO_EF_SEARCH and efs[-1] == 1000
+
+
 # --- the index under load: recall, filtered search, strategies -------------------------------------
 
 N = 3000
@@ -556,6 +566,103 @@ class TestTheIndex:
             if cursor is None:
                 break
         assert cursor is None and len(seen) == len(set(seen)) == int((corpus.types == "image/gif").sum())
+
+    def test_a_large_k_searches_wider_and_gets_what_the_index_can_give(self, corpus: Corpus) -> None:
+        """ef_search is at least EF_PER_ROW candidates per row fetched, so k = 100 (the API's largest)
+        finds about as many of the true 100 nearest as the index gives at its widest (ef_search 1000)."""
+        assert corpus.store.vectors.effective_ef_search(MODEL, 100) >= EF_PER_ROW * 100
+        for q in corpus.queries[:4]:
+            found = corpus.store.vectors.search(MODEL, q, 100)
+            widest = corpus.store.vectors.search(MODEL, q, 100, ef_search=1000)
+            assert found.strategy == widest.strategy == "index" and len(found.hits) == 100
+            distances = [h.distance for h in found.hits]
+            assert distances == sorted(distances) and len({h.id for h in found.hits}) == 100
+            got = corpus.recall(q, [h.id for h in found.hits], k=100)
+            best = corpus.recall(q, [h.id for h in widest.hits], k=100)
+            assert got >= best - 0.02, (got, best)
+
+    @pytest.mark.single_node
+    def test_auto_ef_search_follows_the_size_of_the_models_index(self, corpus: Corpus) -> None:
+        """HNSW_EF_SEARCH=auto: the index's row count (as PostgreSQL last counted it) picks ef_search."""
+        model = corpus.store.registry.active_model()
+        assert model is not None and model.index_name is not None
+        assert corpus.store.vectors._indexed_rows(model) == N
+        assert corpus.store.vectors.effective_ef_search(model, 10) == auto_ef_search(N) == AUTO_EF_SEARCH
+
+    @pytest.mark.single_node
+    @pytest.mark.parametrize("content_types", [(), ("image/gif",)])
+    def test_the_plan_kept_for_a_prepared_search_reads_the_index(
+        self, corpus: Corpus, database_url: str, content_types: tuple[str, ...]
+    ) -> None:
+        """psycopg prepares a statement once a connection has run it 5 times, and PostgreSQL may then
+        keep a generic plan, made without the parameters' values. The model and the LIMIT are in the
+        statement's text, so that plan still uses the model's partial index (with them as parameters
+        it read every vector)."""
+        filters = SearchFilters(container="images", content_types=content_types)
+        text, params = corpus.store.vectors._index_sql(MODEL, filters, None, 12)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            register_vector(conn)
+            conn.execute(text, {**params, "q": corpus.queries[0]}, prepare=True).fetchall()
+            row = conn.execute(
+                "SELECT statement, parameter_types::text[] FROM pg_prepared_statements WHERE NOT from_sql"
+            ).fetchone()
+            assert row is not None
+            statement, types = row
+            conn.execute(f"PREPARE generic ({', '.join(types)}) AS {statement}")
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            nulls = ", ".join(["NULL"] * len(types))
+            plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN EXECUTE generic ({nulls})"))
+        assert "Index Scan using image_vectors_hnsw" in plan, plan
+
+    def test_a_search_sets_what_it_needs_on_its_connection_and_the_next_sets_it_back(
+        self, corpus: Corpus, database_url: str
+    ) -> None:
+        """The usual settings are set once per pooled connection, so a usual search is one statement; a
+        search that needs others (more rows, a larger ef_search) sets them on its connection, and the
+        next usual search there sets them back."""
+        search = make_pool(make_settings(DATABASE_URL=database_url, DATABASE_POOL_MAX="2"), role="search")
+        try:
+            store = Store(corpus.store.pool, search_pool=search)  # one search connection: every search uses it
+
+            def session() -> tuple[str, str]:
+                return store.db.read(
+                    lambda c: c.execute("SELECT current_setting('hnsw.ef_search'), current_setting('enable_sort')")
+                ).fetchone()
+
+            q = corpus.queries[3]
+            usual = store.vectors.search(MODEL, q, 10)
+            assert session() == (str(store.vectors.effective_ef_search(MODEL, 10)), "off")
+            store.vectors.search(MODEL, q, 100)
+            assert session() == (str(store.vectors.effective_ef_search(MODEL, 100)), "off")
+            assert store.vectors.search(MODEL, q, 10) == usual
+            assert session() == (str(store.vectors.effective_ef_search(MODEL, 10)), "off")
+        finally:
+            search.close()
+
+
+def test_a_run_of_equal_distances_at_a_page_edge_is_read_from_the_index(store: Store) -> None:
+    """Twelve copies of one image lie at the same distance from it. The index path asks for one row more
+    than it returns; when that row ties with the last one returned it asks the index for more, so paging
+    visits every copy once and stays on the index instead of scanning every vector."""
+    model = store.registry.ensure_model("copies:1", 8)
+    rng = np.random.default_rng(11)
+    data = unit(rng.standard_normal((300, 8))).astype(np.float32)
+    data[100:112] = data[100]  # the copies
+    records = [
+        ImageRecord("images", f"c{i:03d}.jpg", hashlib.sha256(b"%d" % i).digest(), "image/jpeg", 8, 8, 1)
+        for i in range(len(data))
+    ]
+    store.bulk.upsert(records, data, model.model_id)
+    copies = {image_id("images", f"c{i:03d}.jpg") for i in range(100, 112)}
+    seen: list[int] = []
+    after = None
+    while len(seen) < 15:
+        found = store.vectors.search(model, data[100], 6, after=after, strategy="index")
+        assert found.strategy == "index"
+        page = found.hits[:5]
+        seen += [h.id for h in page]
+        after = After(page[-1].distance, page[-1].id)
+    assert len(seen) == len(set(seen)) and set(seen[:12]) == copies
 
 
 class _NoProvider:

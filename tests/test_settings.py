@@ -15,7 +15,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s.embedding_provider == "azure-vision"
     assert (s.vision_api_version, s.vision_model_version) == ("2024-02-01", "2023-04-15")
     assert s.database_auth == "password"
-    assert (s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.read_link_minutes) == (16, 64, 80, 15)
+    assert (s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.read_link_minutes) == (16, 64, None, 15)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,8 @@ def test_defaults_are_the_documented_ones() -> None:
         ({"BLOB_TRIGGER_SOURCE": "Polling"}, "blob_trigger_source", "BLOB_TRIGGER_SOURCE", "EventGrid"),
         ({"EMBEDDING_PROVIDER": "openai"}, "embedding_provider", "EMBEDDING_PROVIDER", "azure-vision"),
         ({"IMAGES_CONTAINER": "My_Images"}, "images_container", "IMAGES_CONTAINER", "lowercase"),
-        ({"HNSW_EF_SEARCH": "fast"}, "hnsw_ef_search", "HNSW_EF_SEARCH", "whole number"),
+        ({"HNSW_EF_SEARCH": "fast"}, "hnsw_ef_search", "HNSW_EF_SEARCH", "auto or a whole number"),
+        ({"HNSW_EF_SEARCH": "0"}, "hnsw_ef_search", "HNSW_EF_SEARCH", "from 1 to 1000"),
         ({"HNSW_M": "1"}, "hnsw_m", "HNSW_M", "from 2 to 100"),
         ({"READ_LINK_MINUTES": "0"}, "read_link_minutes", "READ_LINK_MINUTES", "from 1 to 1440"),
         ({}, "images_storage", "ImagesStorage", "is not set"),
