@@ -614,6 +614,7 @@ class TestTheIndex:
             plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN EXECUTE generic ({nulls})"))
         assert "Index Scan using image_vectors_hnsw" in plan, plan
 
+    @pytest.mark.single_node  # Citus searches set nothing on the session (database defaults, or SET LOCAL)
     def test_a_search_sets_what_it_needs_on_its_connection_and_the_next_sets_it_back(
         self, corpus: Corpus, database_url: str
     ) -> None:
