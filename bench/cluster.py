@@ -9,7 +9,8 @@ count it migrates a new database (``citus.shard_count`` set for the migration, a
 with ``ALTER DATABASE ... SET``), loads the same N embedding-like vectors through the bulk path, builds
 the model's HNSW index, and times ``VectorSearch.search`` (the path the API runs, strategy auto) for
 each value of ``citus.max_cached_conns_per_worker`` (the connections to each worker a session keeps
-between queries). The embedded single node answers the same queries in the same run, interleaved.
+between queries). Like ``migrate``, it makes a common search's settings the database's defaults, so
+searches send no SET. The embedded single node answers the same queries in the same run, interleaved.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench.common import Stopwatch, log, machine, parser, services, summary_ms, 
 from scripts.services import external_postgres
 from shared.catalogue import image_id
 from shared.db import make_pool
+from shared.maintenance import cluster_settings
 from shared.registry import Model
 from shared.schema import migrate
 from shared.settings import Settings
@@ -44,7 +46,9 @@ def load(url: str, vectors: Any, shard_count: int | None) -> tuple[Store, Model,
     """Migrate (with ``shard_count`` on Citus), bulk-load, build the index; the store and its model."""
     migrate_url = with_options(url, f"-c citus.shard_count={shard_count}") if shard_count else url
     with psycopg.connect(migrate_url, autocommit=True) as conn:
-        migrate(conn)
+        report = migrate(conn)
+        if report.citus:  # as `python -m shared.cli migrate` does: the search settings as database defaults
+            cluster_settings(conn, Settings({"DATABASE_URL": url}), lambda _: None)
     store = Store(make_pool(Settings({"DATABASE_URL": url}), role="admin"))
     store.registry.ensure_model(MODEL, data.DIM, create_index=False)
     store.bulk.upsert(data.records(len(vectors)), vectors, MODEL)

@@ -92,7 +92,7 @@ def migrate(
         report = migrate_schema(conn, say=say)
         result = MigrateResult(report)
         if report.citus:
-            result.notes.extend(_cluster_settings(conn, settings, say))
+            result.notes.extend(cluster_settings(conn, settings, say))
     if not prepare_model:
         return result
     provider = provider or make_provider(settings, credential=credential)
@@ -137,7 +137,7 @@ def _cluster_values(conn: psycopg.Connection[Any], settings: Settings) -> dict[s
     return values
 
 
-def _cluster_settings(conn: psycopg.Connection[Any], settings: Settings, say: Say) -> list[str]:
+def cluster_settings(conn: psycopg.Connection[Any], settings: Settings, say: Say) -> list[str]:
     """On Citus, make a common search's settings this database's defaults (Citus gives the workers the
     same), so searches need no SET LOCAL and no transaction around them, and let each session keep its
     connections to the workers between searches. Returns a note when this role may not do so."""

@@ -210,3 +210,21 @@ def test_the_apps_role_runs_ingestion_and_search_without_any_ddl_right(
 def test_granting_a_role_that_does_not_exist_says_how_to_create_it(app_settings: Settings) -> None:
     with pytest.raises(InvalidInput, match="does not exist: create it first"):
         grant_app_role(app_settings, "no-such-role")
+
+
+@pytest.mark.citus_only
+def test_on_citus_migrate_makes_the_search_settings_the_database_defaults_on_every_node(
+    database_url: str, store: Store, fake_vision: FakeVision, azurite: Azurite
+) -> None:
+    """A common search then sends no SET and needs no transaction on the workers: they start their
+    sessions with the same settings the search would have set."""
+    migrate(settings_for(database_url, fake_vision, azurite), say=lambda _: None)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        check = (
+            "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s JOIN pg_database d "
+            "ON d.oid = s.setdatabase WHERE d.datname = current_database() AND s.setrole = 0"
+        )
+        nodes = [conn.execute(check).fetchone()[0]]  # type: ignore[index]
+        nodes += [r[3] for r in conn.execute("SELECT * FROM run_command_on_workers(%s)", (check,)).fetchall()]
+    for settings in nodes:
+        assert "hnsw.ef_search=" in settings and "hnsw.iterative_scan=relaxed_order" in settings, nodes
