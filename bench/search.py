@@ -5,7 +5,8 @@ HNSW index as the settings ask (``Registry.ensure_model``: precision, m, ef_cons
 sized), then runs the same queries through
 
 - ``raw pgvector``: what a pgvector user writes against the same partial index, on one connection
-  with ``SET hnsw.ef_search``: ``SELECT image_id FROM image_vectors WHERE model_id = '<model>'
+  with ``SET hnsw.ef_search`` (and ``enable_sort = off``, as the project's index path, which keeps the
+  planner on the index at a large ef_search): ``SELECT image_id FROM image_vectors WHERE model_id = '<model>'
   ORDER BY embedding::halfvec(1024) <=> $1::halfvec(1024) LIMIT 10``;
 - ``raw re-rank``: pgvector's README pattern for a quantized index, 4 k candidates by the index
   re-ranked by the full-precision distance (``SELECT ... FROM (... LIMIT 40) ORDER BY
@@ -370,6 +371,9 @@ def load_dataset(
 
     raw = psycopg.connect(url, autocommit=True)
     register_vector(raw)
+    # The project's setting for its index path: at ef_search 240 on 100,000 vectors the planner trades
+    # the HNSW index for a parallel scan of every vector (0.3-0.6 s), and that is not what is compared.
+    raw.execute("SET enable_sort = off")
     b = Bench(url, kind, n, nq, quick, vectors, qv, ids, model, raw, [work, search], exact, exact_max)
     b.warm()
     return b, result
@@ -461,6 +465,20 @@ def largest_k(b: Bench) -> dict[str, Any]:
     }
 
 
+def new_filter_path(b: Bench, filters: Filters) -> Path:
+    """Searcher.text as the first query with its filter: the store remembers a filter's count (or the
+    planner's estimate) for 30 s, which the same filter 200 times in a row would otherwise hide."""
+    store = b.store()
+    searcher = b.searcher(store)
+    options = Options(k=K, filters=filters)
+
+    def run(q: int) -> list[int]:
+        store.vectors.forget_counts()
+        return [r.id for r in searcher.text(f"benchmark query {q}", options).results]
+
+    return Path("Searcher.text, a new filter", run)
+
+
 def count_step(b: Bench, filters: SearchFilters) -> dict[str, float]:
     store = b.store()
     stop_at = store.vectors.exact_scan_max_rows + 1
@@ -480,6 +498,7 @@ def filtered(b: Bench) -> list[dict[str, Any]]:
     store = b.store()
     ef = store.vectors.effective_ef_search(b.model, K + 1)
     b.set_ef(ef)
+    b.raw.execute("RESET enable_sort")  # raw pgvector here is the plan PostgreSQL picks, for contrast
     out, rows = [], []
     for label, spec in data.FILTERS.items():
         prefix = spec.get("prefix")
@@ -509,6 +528,7 @@ def filtered(b: Bench) -> list[dict[str, Any]]:
                 paths += [
                     b.store_path(store, filters=where, strategies=strategies),
                     b.searcher_path(store, filters=Filters(prefix=prefix, content_types=types)),
+                    new_filter_path(b, Filters(prefix=prefix, content_types=types)),
                 ]
             measure(paths, exact, b.nq)
             for p in paths:
@@ -556,15 +576,17 @@ def targets(first: dict[str, Any]) -> dict[str, Any]:
     }
     if "filtered" in first:
         ceiling = TARGETS["filtered_p95_ratio"] * project["p95_ms"]
+        # Judged on the first query with each filter (nothing remembered), the slower of the two.
+        worst = "Searcher.text, a new filter"
         out["filtered"] = {
             f["filter"]: {
-                "min_rows": f["Searcher.text"]["min_count"],
-                "recall": f["Searcher.text"]["recall"],
-                "p95_ms": f["Searcher.text"]["p95_ms"],
-                "p95_x_unfiltered": f["Searcher.text"]["p95_ms"] / project["p95_ms"],
-                "met": f["Searcher.text"]["min_count"] >= K
-                and f["Searcher.text"]["recall"] >= TARGETS["filtered_recall"]
-                and f["Searcher.text"]["p95_ms"] <= ceiling,
+                "min_rows": min(f[worst]["min_count"], f["Searcher.text"]["min_count"]),
+                "recall": min(f[worst]["recall"], f["Searcher.text"]["recall"]),
+                "p95_ms": f[worst]["p95_ms"],
+                "p95_x_unfiltered": f[worst]["p95_ms"] / project["p95_ms"],
+                "met": min(f[worst]["min_count"], f["Searcher.text"]["min_count"]) >= K
+                and min(f[worst]["recall"], f["Searcher.text"]["recall"]) >= TARGETS["filtered_recall"]
+                and f[worst]["p95_ms"] <= ceiling,
             }
             for f in first["filtered"]
         }
@@ -582,7 +604,7 @@ def report(result: dict[str, Any]) -> None:
     for name, f in t.get("filtered", {}).items():
         rows.append(
             [
-                f"filtered {name}: min rows, recall, p95 x unfiltered",
+                f"filtered {name} (a new filter): min rows, recall, p95 x unfiltered",
                 f"10, >= {TARGETS['filtered_recall']}, <= {TARGETS['filtered_p95_ratio']}",
                 f"{f['min_rows']}, {f['recall']:.3f}, {f['p95_x_unfiltered']:.2f}",
                 f["met"],

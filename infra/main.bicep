@@ -400,8 +400,8 @@ var appSettings = {
   DATABASE_AUTH: 'entra'
   DATABASE_POOL_MAX: string(databasePoolMax)
   HNSW_PRECISION: 'halfvec'
-  HNSW_M: '16'
-  HNSW_EF_CONSTRUCTION: '64'
+  HNSW_M: '32'
+  HNSW_EF_CONSTRUCTION: '128'
   HNSW_EF_SEARCH: 'auto'
   READ_LINK_MINUTES: '15'
   RECONCILE_SCHEDULE: reconcileSchedule

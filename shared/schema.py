@@ -401,8 +401,8 @@ class IndexSpec:
     """How a model's HNSW index is built: element precision and graph parameters."""
 
     precision: str = "halfvec"
-    m: int = 16
-    ef_construction: int = 64
+    m: int = 32
+    ef_construction: int = 128
 
     def name(self, model_id: str, dimension: int) -> str:
         # Every parameter is part of the name: an index built with other parameters (or left behind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -29,6 +30,7 @@ UNFILTERED_COUNT_SECONDS = 30.0
 LARGE_COUNT_SECONDS = 600.0
 FILTERED_COUNT_SECONDS = 30.0
 MAX_REMEMBERED_COUNTS = 1_024
+ESTIMATE_TRUSTED = 2
 MAX_REMEMBERED_STATEMENTS = 256
 
 
@@ -42,9 +44,7 @@ class Hit:
     content_type: str | None
     width: int | None
     height: int | None
-    created_at: datetime
     byte_size: int | None = None
-    container: str | None = None
     thumbnail: bool = False
 
     @property
@@ -64,8 +64,10 @@ HNSW_MAX_SCAN_TUPLES: Final = 20_000
 # most 1000 (hnsw.ef_search's upper bound).
 HNSW_MAX_EF_SEARCH: Final = 1_000
 # hnsw.ef_search when HNSW_EF_SEARCH is `auto` (the default): AUTO_EF_SEARCH up to AUTO_EF_ROWS vectors,
-# growing with the square root of the collection beyond. Measured on clustered 1024-d vectors with the
-# default index (bench/RESULTS.md): recall@10 falls as the collection grows at a fixed ef_search.
+# growing with the square root of the collection beyond (139 at 300,000, 253 at a million). At a fixed
+# ef_search recall falls as the collection grows: with the default index (m 32, ef_construction 128)
+# on clustered 1024-d vectors, recall@10 at a million was 0.972 at 80, 0.984 at 120, 0.986-0.991 from
+# 160 to 400 (bench/RESULTS.md).
 AUTO_EF_SEARCH: Final = 80
 AUTO_EF_ROWS: Final = 100_000
 AUTO_EF_GROWTH: Final = 0.5
@@ -123,6 +125,7 @@ class VectorSearch:
         self.db = db
         self.ef_search = ef_search
         self._counts: dict[tuple[Any, ...], tuple[int, float]] = {}
+        self._sizes: dict[tuple[str, str], tuple[int, float]] = {}
         self._statements: dict[tuple[Any, ...], str] = {}
 
     def nearest(
@@ -215,7 +218,11 @@ class VectorSearch:
         and the count costs about as much as the search itself. Without filters it only changes as the
         collection grows or shrinks (``UNFILTERED_COUNT_SECONDS``, or ``LARGE_COUNT_SECONDS`` far above
         the threshold); a filter's is kept ``FILTERED_COUNT_SECONDS``, for the next page of the same
-        query. Leaving out one image (``exclude_id``, "more like this") changes no decision."""
+        query. Leaving out one image (``exclude_id``, "more like this") changes no decision.
+
+        A filter the planner expects to match ESTIMATE_TRUSTED times the threshold or more is not
+        counted: counting 2,001 matching rows costs 4-12 ms (a join per row), more than the search, and
+        only an estimate off by that factor would have chosen the exact scan."""
         stop_at = self.exact_scan_max_rows + 1
         counted = replace(filters, exclude_id=None)
         key = (model.model_id, counted)
@@ -229,13 +236,44 @@ class VectorSearch:
                 ttl = FILTERED_COUNT_SECONDS
             if now - known[1] < ttl:
                 return known[0]
-        count = self.count_matching(model, counted, stop_at=stop_at)
+        count = -1
+        if _narrows(counted) and not self.db.is_citus():  # Citus's coordinator plans no row counts
+            planned = self.planned_matching(model, counted)
+            if planned >= ESTIMATE_TRUSTED * stop_at:
+                count = planned
+        if count < 0:
+            count = self.count_matching(model, counted, stop_at=stop_at)
         if len(self._counts) >= MAX_REMEMBERED_COUNTS:
             self._counts = {k: v for k, v in self._counts.items() if now - v[1] < FILTERED_COUNT_SECONDS}
             if len(self._counts) >= MAX_REMEMBERED_COUNTS:
                 self._counts.clear()
         self._counts[key] = (count, now)
         return count
+
+    def planned_matching(self, model: Model, filters: SearchFilters) -> int:
+        """How many searchable images the planner expects to match ``filters`` (from the tables'
+        statistics: one EXPLAIN, no rows read)."""
+        where, params = _search_conditions(model, filters)
+        stmt = sql.SQL(
+            "EXPLAIN (FORMAT JSON) SELECT 1 FROM image_vectors v JOIN images i ON i.id = v.image_id WHERE {where}"
+        ).format(where=where)
+
+        def plan(conn: psycopg.Connection[Any]) -> Any:
+            row = conn.execute(stmt, params).fetchone()
+            return row[0] if row else None
+
+        with translate_errors("searching"):
+            found = self.db.read(plan)
+        if isinstance(found, str):
+            found = json.loads(found)
+        try:
+            return int(found[0]["Plan"]["Plan Rows"])
+        except (TypeError, LookupError, ValueError):
+            return 0
+
+    def forget_counts(self) -> None:
+        """Forget the remembered counts and estimates (benchmarks: every query as if its filter were new)."""
+        self._counts = {}
 
     def count_matching(self, model: Model, filters: SearchFilters, *, stop_at: int) -> int:
         """How many searchable images match ``filters``, counting no further than ``stop_at``."""
@@ -295,7 +333,7 @@ class VectorSearch:
         self, model: Model, filters: SearchFilters, after: After | None, fetch: int
     ) -> tuple[str, dict[str, Any]]:
         """The index path: candidates in the order of the model's HNSW index (over halfvec or vector),
-        re-ranked by the full-precision distance, which is also the score and the cursor's key.
+        each with its full-precision distance, by which they are re-ranked: the score and the cursor's key.
 
         The model, the dimension and the LIMIT are literals, so that the plan PostgreSQL keeps for the
         prepared statement (psycopg prepares a statement run 5 times on a connection) can prove the
@@ -313,20 +351,15 @@ class VectorSearch:
                 where = sql.SQL("{} AND ({}, i.id) > (%(after_distance)s::float8, %(after_id)s::bigint)").format(
                     where, distance
                 )
-            template = (
-                # On Citus one level, which it runs in one step (each shard's nearest rows, merged on the
-                # coordinator); an outer ORDER BY over a LIMIT makes it two steps through an intermediate
-                # result, twice the latency. The re-sort by (distance, id) is then done in Python.
+            # One level: the rows come in the index's order and the caller re-sorts them by (distance,
+            # id). Sorting a few rows in Python costs less than a materialized CTE and a second Sort
+            # (measured: 0.05-0.15 ms of a 1.2 ms search), and on Citus an outer ORDER BY over a LIMIT
+            # would make the search two distributed steps through an intermediate result (twice the
+            # latency) where this is one.
+            stmt = sql.SQL(
                 "SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id"
                 " WHERE {where} ORDER BY {approx} LIMIT {fetch}"
-                if self.db.is_citus()
-                else "WITH nearest AS MATERIALIZED ("
-                " SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id"
-                " WHERE {where} ORDER BY {approx} LIMIT {fetch}"
-                ") SELECT id, name, content_type, width, height, created_at, byte_size, container, thumbnail, distance"
-                " FROM nearest ORDER BY distance, id"
-            )
-            stmt = sql.SQL(template).format(
+            ).format(
                 columns=_HIT_COLUMNS,
                 distance=distance,
                 approx=_distance(model, model.precision),
@@ -356,9 +389,9 @@ class VectorSearch:
         None when unknown (no index recorded, never counted, or Citus, whose coordinator holds none)."""
         if model.index_name is None or self.db.is_citus():
             return None
-        key = ("rows", model.model_id, model.index_name)
+        key = (model.model_id, model.index_name)
         now = time.monotonic()
-        known = self._counts.get(key)
+        known = self._sizes.get(key)
         if known is not None and now - known[1] < LARGE_COUNT_SECONDS:
             return known[0] if known[0] >= 0 else None
         name = sql.Identifier(model.index_name).as_string(None)
@@ -369,7 +402,7 @@ class VectorSearch:
         with translate_errors("searching"):
             row = self.db.read(reltuples)
         rows = int(row[0]) if row is not None and row[0] is not None and row[0] >= 0 else -1
-        self._counts[key] = (rows, now)
+        self._sizes[key] = (rows, now)
         return rows if rows >= 0 else None
 
     def _index_settings(
@@ -449,7 +482,7 @@ class VectorSearch:
                     with conn.transaction():
                         self._apply_settings(conn, values)
                         found = conn.execute(stmt, params).fetchall()
-                return sorted(found, key=lambda r: (float(r[-1]), int(r[0])))
+                return found
             try:
                 self._use_settings(conn, values)
                 return conn.execute(stmt, params).fetchall()
@@ -460,7 +493,7 @@ class VectorSearch:
         self.db.is_citus()  # learnt before taking a connection: a pool of one must not wait on itself
         with translate_errors("searching"):
             rows = self.db.read(scan)
-        return [_hit(row) for row in rows]
+        return sorted((_hit(row) for row in rows), key=lambda h: (h.distance, h.id))
 
     def _exact_scan(
         self,
@@ -484,10 +517,13 @@ class VectorSearch:
             "WITH matching AS MATERIALIZED ("
             " SELECT {columns}, v.embedding::vector({dim}) <=> %(q)s::vector({dim}) AS distance"
             " FROM image_vectors v JOIN images i ON i.id = v.image_id WHERE {where}"
-            ") SELECT id, name, content_type, width, height, created_at, byte_size, container, thumbnail, distance"
-            " FROM matching WHERE {outer} ORDER BY distance, id LIMIT %(limit)s"
+            ") SELECT {names}, distance FROM matching WHERE {outer} ORDER BY distance, id LIMIT %(limit)s"
         ).format(
-            columns=_HIT_COLUMNS, dim=sql.Literal(model.dimension), where=where, outer=sql.SQL(" AND ").join(outer)
+            columns=_HIT_COLUMNS,
+            names=_HIT_NAMES,
+            dim=sql.Literal(model.dimension),
+            where=where,
+            outer=sql.SQL(" AND ").join(outer),
         )
         params.update(q=PgVector(query), limit=limit)
         with translate_errors("searching"):
@@ -585,14 +621,14 @@ def _distance(model: Model, precision: str) -> sql.Composed:
     )
 
 
-_HIT_COLUMNS: Final = sql.SQL(
-    "i.id, i.name, i.content_type, i.width, i.height, i.created_at, i.byte_size, i.container, i.thumbnail"
-)
+# What a result shows, and nothing more: every column is read and converted for each row fetched.
+_HIT_COLUMNS: Final = sql.SQL("i.id, i.name, i.content_type, i.width, i.height, i.byte_size, i.thumbnail")
+_HIT_NAMES: Final = sql.SQL("id, name, content_type, width, height, byte_size, thumbnail")
 
 
 def _hit(row: Sequence[Any]) -> Hit:
-    iid, name, content_type, width, height, created_at, byte_size, container, thumbnail, distance = row
-    return Hit(iid, name, float(distance), content_type, width, height, created_at, byte_size, container, thumbnail)
+    iid, name, content_type, width, height, byte_size, thumbnail, distance = row
+    return Hit(iid, name, float(distance), content_type, width, height, byte_size, thumbnail)
 
 
 def _literal(value: str) -> sql.SQL:

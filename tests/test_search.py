@@ -590,6 +590,27 @@ class TestTheIndex:
         assert corpus.store.vectors.effective_ef_search(model, 10) == auto_ef_search(N) == AUTO_EF_SEARCH
 
     @pytest.mark.single_node
+    def test_a_filter_the_planner_expects_to_match_far_more_than_the_threshold_is_not_counted(
+        self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Counting thousands of matching rows costs more than the search: when the planner's estimate is
+        far above the exact-scan threshold the index answers without a count; near or below it, the
+        count decides."""
+        vectors = corpus.store.vectors
+        monkeypatch.setattr(vectors, "exact_scan_max_rows", 100)  # as if the collection were large
+        counted: list[SearchFilters] = []
+        count = vectors.count_matching
+        monkeypatch.setattr(vectors, "count_matching", lambda m, f, **kw: counted.append(f) or count(m, f, **kw))
+        vectors.forget_counts()
+        q = corpus.queries[4]
+        gif = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/gif",)))  # 300 rows
+        png = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/png",)))  # 30 rows
+        vectors.forget_counts()
+        assert (gif.strategy, png.strategy) == ("index", "exact")
+        assert [f.content_types for f in counted] == [("image/png",)]
+        assert len(gif.hits) == len(png.hits) == 10
+
+    @pytest.mark.single_node
     @pytest.mark.parametrize("content_types", [(), ("image/gif",)])
     def test_the_plan_kept_for_a_prepared_search_reads_the_index(
         self, corpus: Corpus, database_url: str, content_types: tuple[str, ...]

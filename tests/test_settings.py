@@ -15,7 +15,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s.embedding_provider == "azure-vision"
     assert (s.vision_api_version, s.vision_model_version) == ("2024-02-01", "2023-04-15")
     assert s.database_auth == "password"
-    assert (s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.read_link_minutes) == (16, 64, None, 15)
+    assert (s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.read_link_minutes) == (32, 128, None, 15)
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,10 @@ def test_every_setting_is_in_the_local_settings_example() -> None:
     values = json.loads((Path(__file__).parent.parent / "local.settings.json.example").read_text())["Values"]
     missing = [n for n in DEFAULTS if n not in values]
     assert missing == []
+
+
+def test_the_index_a_store_builds_by_default_is_the_one_the_default_settings_ask_for() -> None:
+    from shared.runtime import index_spec
+    from shared.schema import IndexSpec
+
+    assert IndexSpec() == index_spec(Settings({}))
