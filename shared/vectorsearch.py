@@ -67,7 +67,8 @@ HNSW_MAX_EF_SEARCH: Final = 1_000
 # growing with the square root of the collection beyond (139 at 300,000, 253 at a million). At a fixed
 # ef_search recall falls as the collection grows: with the default index (m 32, ef_construction 128)
 # on clustered 1024-d vectors, recall@10 at a million was 0.972 at 80, 0.984 at 120, 0.986-0.991 from
-# 160 to 400 (bench/RESULTS.md).
+# 160 to 400 built on 2 cores; built by 15 workers on 16 cores it stopped at 0.969 from 120 on, which no
+# wider search mends (bench/RESULTS.md).
 AUTO_EF_SEARCH: Final = 80
 AUTO_EF_ROWS: Final = 100_000
 AUTO_EF_GROWTH: Final = 0.5
