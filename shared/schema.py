@@ -264,7 +264,32 @@ _V2 = Migration(
     ),
 )
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_V1, _V2)
+
+def _vectors_inline(conn: psycopg.Connection[Any], on_citus: bool) -> None:
+    """Store each vector in its row (``STORAGE MAIN``) instead of out of line in the TOAST table.
+
+    pgvector's types default to EXTERNAL: a 1024-d vector (4 KB), over TOAST's 2 KB threshold, is cut
+    into three chunks in another table, and reading one costs a TOAST index lookup and three more page
+    reads. Inline, one page holds the row and its vector. Measured (100,000 x 1024-d, 2 cores): an
+    exact scan of 1,000 matching vectors 7.0 ms -> 0.9 ms, of 10,000 41 ms -> 14.5 ms; the table takes
+    about 45 % more space (one row per 8 KB page). MAIN still moves a vector out of line when the row
+    would not fit in a page (above ~2,000 dimensions). Rows already written move when rewritten
+    (``VACUUM FULL image_vectors``, docs/deploy.md)."""
+    statement = "ALTER TABLE {} ALTER COLUMN embedding SET STORAGE MAIN"
+    if not on_citus:
+        conn.execute(statement.format("image_vectors"))
+        return
+    # Citus refuses SET STORAGE on a distributed table: the coordinator's table without passing the
+    # command on, then each shard.
+    conn.execute("SET LOCAL citus.enable_ddl_propagation = off")
+    conn.execute(statement.format("image_vectors"))
+    conn.execute("SET LOCAL citus.enable_ddl_propagation = on")
+    conn.execute("SELECT run_command_on_shards('image_vectors', %s)", (statement.format("%s"),))
+
+
+_V3 = Migration(3, "vectors stored in their rows", (_vectors_inline,))
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_V1, _V2, _V3)
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
 _MIGRATIONS_TABLE: Final = """

@@ -14,6 +14,7 @@ import azure.functions as func
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from scripts.services import Azurite, Postgres
@@ -94,7 +95,8 @@ def test_a_database_of_the_previous_version_is_upgraded_with_its_data_intact(
     settings = settings_for(legacy_database, fake_vision, azurite)
     # A cold start against the old schema changes nothing and says what to run.
     with pytest.raises(
-        SchemaOutdated, match=re.escape("version 1, this code needs 2: run `python -m shared.cli migrate`")
+        SchemaOutdated,
+        match=re.escape(f"version 1, this code needs {LATEST_VERSION}: run `python -m shared.cli migrate`"),
     ):
         build_runtime(settings)
     answer = health(func.HttpRequest("GET", "/api/health", body=b""), settings)
@@ -122,6 +124,71 @@ def test_a_database_of_the_previous_version_is_upgraded_with_its_data_intact(
         assert rt.store.vectors.nearest(rt.model, vector, 5)[0].name == "old/07.jpg"
     finally:
         rt.close()
+
+
+def _storage(url: str, citus: bool) -> list[str]:
+    """How image_vectors stores its vectors on every node that holds it: 'm' in the row, 'e' out of line."""
+    query = "SELECT attstorage FROM pg_attribute WHERE attrelid = '{}'::regclass AND attname = 'embedding'"
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = [str(r[0]) for r in conn.execute(query.format("image_vectors")).fetchall()]
+        if citus:
+            shards = conn.execute(
+                "SELECT result FROM run_command_on_shards('image_vectors', %s)", (query.format("%s"),)
+            )
+            found += [str(r[0]) for r in shards.fetchall()]
+    return found
+
+
+def _toasted(url: str) -> int:
+    """Vectors kept out of their rows, in image_vectors' TOAST table (single node)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        toast = conn.execute(
+            "SELECT t.relname FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid "
+            "WHERE c.relname = 'image_vectors'"
+        )
+        name = toast.fetchone()[0]  # type: ignore[index]
+        count = sql.SQL("SELECT count(DISTINCT chunk_id) FROM pg_toast.{}").format(sql.Identifier(name))
+        return int(conn.execute(count).fetchone()[0])  # type: ignore[index]
+
+
+def test_after_migrate_vectors_are_stored_in_their_rows_on_every_node(
+    legacy_database: str, fake_vision: FakeVision, azurite: Azurite, citus: bool
+) -> None:
+    """An exact scan then reads one page per vector instead of a TOAST lookup and three chunks."""
+    assert "m" not in _storage(legacy_database, citus)  # pgvector's default: out of line (EXTERNAL)
+    migrate(settings_for(legacy_database, fake_vision, azurite), say=lambda _: None)
+    stored = _storage(legacy_database, citus)
+    assert set(stored) == {"m"} and len(stored) == (5 if citus else 1), stored  # Citus: coordinator + 4 shards
+
+
+@pytest.mark.single_node
+def test_vectors_written_before_the_migration_move_into_their_rows_with_vacuum_full(
+    legacy_database: str, fake_vision: FakeVision, azurite: Azurite
+) -> None:
+    """As docs/deploy.md says: new vectors are stored in their rows at once, older ones when the table
+    is rewritten; search answers the same before and after."""
+    settings = settings_for(legacy_database, fake_vision, azurite)
+    assert _toasted(legacy_database) == 50
+    migrate(settings, say=lambda _: None)
+    store = Store(psycopg_pool(legacy_database))
+    try:
+        rng = np.random.default_rng(10)
+        fresh = rng.standard_normal((5, 1024)).astype(np.float32)
+        fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+        records = [ImageRecord("images", f"new/{i}.jpg", bytes([i]) * 32, "image/jpeg", 64, 48, 10) for i in range(5)]
+        store.bulk.upsert(records, fresh, MODEL)
+        assert _toasted(legacy_database) == 50  # the new five are in their rows
+        model = store.registry.active_model()
+        assert model is not None
+        query = store.catalogue.get_vector(image_id("images", "old/07.jpg"), MODEL)
+        assert query is not None
+        before = [h.id for h in store.vectors.search(model, query, 10, strategy="exact").hits]
+        with psycopg.connect(legacy_database, autocommit=True) as conn:
+            conn.execute("VACUUM FULL image_vectors")
+        assert _toasted(legacy_database) == 0
+        assert [h.id for h in store.vectors.search(model, query, 10, strategy="exact").hits] == before
+    finally:
+        store.close()
 
 
 def test_reindex_moves_a_model_to_the_new_index_while_search_keeps_answering(
