@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run one benchmark, or all of them, each in its own process.
 
-    bench/run.py search|index|bulk_load|ingest|throughput|storm|all [--quick] [options of that benchmark]
+    bench/run.py search|index|bulk_load|storage|ingest|throughput|storm|all [--quick] [options of that benchmark]
 
 ``all --quick`` is the smoke test CI runs (``make bench-quick``): every benchmark at small sizes.
 """
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("search", "index", "bulk_load", "ingest", "throughput", "storm")
+BENCHMARKS = ("search", "index", "bulk_load", "storage", "ingest", "throughput", "storm")
 # The project's virtual environment when there is one (the shebang's python3 may lack the packages).
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
