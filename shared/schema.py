@@ -274,9 +274,9 @@ def _vectors_inline(conn: psycopg.Connection[Any], on_citus: bool) -> None:
     same rows both ways, queries interleaved): the exact scan of a filtered search, 1,000 matching
     images 18.2 -> 13.7 ms p50, 10,000 66.4 -> 38.5 ms (on a bare table of vectors 7.0 -> 0.9 and
     41 -> 14.5 ms: the join to ``images`` is the rest); the vectors take about 45 % more space (one row
-    per 8 KB page). MAIN still moves a vector out of line when the row
-    would not fit in a page (above ~2,000 dimensions). Rows already written move when rewritten
-    (``VACUUM FULL image_vectors``, docs/deploy.md)."""
+    per 8 KB page). MAIN still moves a vector out of line when the row would not fit in a page (above
+    ~2,000 dimensions). Rows already written move when rewritten (``VACUUM FULL image_vectors``,
+    docs/deploy.md); ``python -m bench.storage`` measures the difference."""
     statement = "ALTER TABLE {} ALTER COLUMN embedding SET STORAGE MAIN"
     if not on_citus:
         conn.execute(statement.format("image_vectors"))

@@ -32,6 +32,11 @@ FILTERED_COUNT_SECONDS = 30.0
 MAX_REMEMBERED_COUNTS = 1_024
 ESTIMATE_TRUSTED = 2
 MAX_REMEMBERED_STATEMENTS = 256
+# _PLANNED_EACH_TIME: the statements that read the rows a filter matches (the count, the exact scan)
+# run unprepared. psycopg prepares a statement run 5 times on a connection, and PostgreSQL may then
+# keep a generic plan, made without the filter's values: for `name LIKE $1` it cannot use the prefix
+# index range and reads the container's rows instead. Measured (100,000 images, a 1 % prefix, the
+# exact scan through the store): 15.0 ms p50 prepared, 10.1 ms unprepared; planning costs ~0.3 ms.
 
 
 @dataclass(frozen=True)
@@ -260,7 +265,7 @@ class VectorSearch:
         ).format(where=where)
 
         def plan(conn: psycopg.Connection[Any]) -> Any:
-            row = conn.execute(stmt, params).fetchone()
+            row = conn.execute(stmt, params, prepare=False).fetchone()
             return row[0] if row else None
 
         with translate_errors("searching"):
@@ -285,7 +290,7 @@ class VectorSearch:
         ).format(where=where, stop_at=sql.Literal(int(stop_at)))
 
         def count(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(stmt, params).fetchone()
+            row = conn.execute(stmt, params, prepare=False).fetchone()  # planned for these values (_PLANNED_EACH_TIME)
             return int(row[0]) if row else 0
 
         with translate_errors("searching"):
@@ -528,7 +533,7 @@ class VectorSearch:
         )
         params.update(q=PgVector(query), limit=limit)
         with translate_errors("searching"):
-            rows = self.db.read(lambda conn: conn.execute(stmt, params).fetchall())
+            rows = self.db.read(lambda conn: conn.execute(stmt, params, prepare=False).fetchall())  # _PLANNED_EACH_TIME
         return [_hit(row) for row in rows]
 
     def explain_nearest(

@@ -8,6 +8,7 @@ query costs no second embedding call.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -446,6 +447,24 @@ def corpus(pool: ConnectionPool) -> Iterator[Corpus]:
 
 
 class TestTheIndex:
+    def test_the_rows_a_filter_matches_are_read_with_a_plan_made_for_the_filters_values(
+        self, corpus: Corpus, pool: ConnectionPool
+    ) -> None:
+        """psycopg prepares a statement run 5 times on a connection, and PostgreSQL may then keep a
+        generic plan made without the filter's values (for ``name LIKE $1`` one that cannot use the
+        prefix index). The count and the exact scan, which read the matching rows, are never prepared."""
+        vectors = corpus.store.vectors
+        filters = SearchFilters(prefix="img-000")
+        for q in range(5 * pool.max_size + 5):
+            query = corpus.queries[q % len(corpus.queries)]
+            found = vectors.search(MODEL, query, 10, filters=filters, strategy="exact")
+            assert len(found.hits) == 10
+            assert vectors.count_matching(MODEL, filters, stop_at=50) == 50
+        with contextlib.ExitStack() as held:
+            conns = [held.enter_context(pool.connection()) for _ in range(pool.max_size)]
+            prepared = [r[0] for c in conns for r in c.execute("SELECT statement FROM pg_prepared_statements")]
+        assert not [s for s in prepared if "LIKE" in s], prepared
+
     def test_top_10_agrees_with_an_exact_ranking(self, corpus: Corpus) -> None:
         recalls = []
         for q in corpus.queries:
