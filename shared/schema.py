@@ -270,13 +270,12 @@ def _vectors_inline(conn: psycopg.Connection[Any], on_citus: bool) -> None:
 
     pgvector's types default to EXTERNAL: a 1024-d vector (4 KB), over TOAST's 2 KB threshold, is cut
     into three chunks in another table, and reading one costs a TOAST index lookup and three more page
-    reads. Inline, one page holds the row and its vector. Measured (100,000 x 1024-d, 2 cores, the
-    same rows both ways, queries interleaved): the exact scan of a filtered search, 1,000 matching
-    images 18.2 -> 13.7 ms p50, 10,000 66.4 -> 38.5 ms (on a bare table of vectors 7.0 -> 0.9 and
-    41 -> 14.5 ms: the join to ``images`` is the rest); the vectors take about 45 % more space (one row
-    per 8 KB page). MAIN still moves a vector out of line when the row would not fit in a page (above
-    ~2,000 dimensions). Rows already written move when rewritten (``VACUUM FULL image_vectors``,
-    docs/deploy.md); ``python -m bench.storage`` measures the difference."""
+    reads. Inline, one page holds the row and its vector. Measured with ``python -m bench.storage``
+    (100,000 x 1024-d, 2 cores, the store's exact scan of a filtered search, p50 in the row / TOASTed):
+    1,000 matching images 13.0 / 15.4 ms, 10,000 36.7 / 65.1 ms (the join to ``images`` is most of
+    the rest); the vectors take about 47 % more space (one row per 8 KB page). MAIN still moves a
+    vector out of line when the row would not fit in a page (above ~2,000 dimensions). Rows already
+    written move when rewritten (``VACUUM FULL image_vectors``, docs/deploy.md)."""
     statement = "ALTER TABLE {} ALTER COLUMN embedding SET STORAGE MAIN"
     if not on_citus:
         conn.execute(statement.format("image_vectors"))
