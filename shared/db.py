@@ -163,6 +163,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def citus_installed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the database is a Citus coordinator (or worker): the extension is installed."""
+    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
+
+
+def pgvector_version(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
+    """The installed pgvector version, e.g. (0, 8, 2); (0,) when it is not installed."""
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    return tuple(int(p) for p in re.findall(r"\d+", str(row[0]) if row else "0")[:3]) or (0,)
+
+
 class Database:
     """The connection pool and what it connects to: Citus or not, which pgvector (read once)."""
 
@@ -180,19 +191,14 @@ class Database:
     def is_citus(self) -> bool:
         if self._citus is None:
             with translate_errors("inspecting the database"):
-                found = self.read(lambda c: c.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone())
-            self._citus = found is not None
+                self._citus = self.read(citus_installed)
         return self._citus
 
     def pgvector_version(self) -> tuple[int, ...]:
         """The installed pgvector version, e.g. (0, 8, 2)."""
         if self._pgvector_version is None:
             with translate_errors("inspecting the database"):
-                row = self.read(
-                    lambda c: c.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-                )
-            text = str(row[0]) if row else "0"
-            self._pgvector_version = tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
+                self._pgvector_version = self.read(pgvector_version)
         return self._pgvector_version
 
     def sequential(self, conn: psycopg.Connection[Any]) -> None:

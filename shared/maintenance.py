@@ -18,7 +18,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from .db import connect, make_pool, translate_errors
+from .db import citus_installed, connect, make_pool, pgvector_version, translate_errors
 from .embeddings import EmbeddingProvider, make_provider, provider_config
 from .errors import InvalidInput
 from .registry import Model, Registry
@@ -121,13 +121,9 @@ def migrate(
 def _cluster_values(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, str]:
     """A common search's settings on Citus, and the connections to each worker a session should keep
     between searches (one per shard it holds)."""
-    import re
-
     from .vectorsearch import cluster_defaults
 
-    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-    pgvector = tuple(int(p) for p in re.findall(r"\d+", str(version[0] if version else "0"))[:3])
-    values = cluster_defaults(pgvector, settings.hnsw_ef_search)
+    values = cluster_defaults(pgvector_version(conn), settings.hnsw_ef_search)
     shards = conn.execute(
         "SELECT count(*)::float / greatest(1, (SELECT count(*) FROM pg_dist_node WHERE groupid <> 0 AND isactive)) "
         "FROM pg_dist_shard WHERE logicalrelid = 'images'::regclass"
@@ -300,7 +296,7 @@ def grant_app_role(settings: Settings, role: str, *, credential: object | None =
             statements.append(
                 sql.SQL("GRANT {} ON TABLE {} TO {}").format(sql.SQL(privileges), sql.Identifier(table), who)
             )
-        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None:
+        if citus_installed(conn):
             # The search defaults for the app's role here too (Citus passes ALTER ROLE ... SET on to the
             # workers): where the administrator may not set them for the database (not its owner).
             for name, value in _cluster_values(conn, settings).items():

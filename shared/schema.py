@@ -32,8 +32,8 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from .db import translate_errors
-from .errors import AppError, InvalidInput
+from .db import citus_installed, translate_errors
+from .errors import AppError, DatabaseUnavailable, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,16 @@ def _vectors_inline(conn: psycopg.Connection[Any], on_citus: bool) -> None:
     conn.execute("SET LOCAL citus.enable_ddl_propagation = off")
     conn.execute(statement.format("image_vectors"))
     conn.execute("SET LOCAL citus.enable_ddl_propagation = on")
-    conn.execute("SELECT run_command_on_shards('image_vectors', %s)", (statement.format("%s"),))
+    failed = conn.execute(
+        "SELECT shardid, result FROM run_command_on_shards('image_vectors', %s) WHERE NOT success",
+        (statement.format("%s"),),
+    ).fetchall()
+    if failed:  # run_command_on_shards reports a shard's error in its result instead of raising it
+        shards = "; ".join(f"shard {shard}: {result}" for shard, result in failed)
+        raise DatabaseUnavailable(
+            f"could not store the vectors in their rows on every shard ({shards}): run migrate again once every "
+            "worker answers"
+        )
 
 
 _V3 = Migration(3, "vectors stored in their rows", (_vectors_inline,))
@@ -311,7 +320,7 @@ class MigrationReport:
 
 
 def is_citus(conn: psycopg.Connection[Any]) -> bool:
-    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
+    return citus_installed(conn)
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int:

@@ -97,14 +97,15 @@ class Settings:
                 return choice
         raise SettingError(name, f"is {value!r}: use one of {', '.join(choices)}")
 
-    def _int(self, name: str, low: int, high: int) -> int:
-        value = self._required(name, f"give a whole number from {low} to {high}")
+    def _int(self, name: str, low: int, high: int, *, hint: str | None = None) -> int:
+        hint = hint or f"give a whole number from {low} to {high}"
+        value = self._required(name, hint)
         try:
             number = int(value)
         except ValueError:
-            raise SettingError(name, f"is {value!r}: give a whole number from {low} to {high}") from None
+            raise SettingError(name, f"is {value!r}: {hint}") from None
         if not low <= number <= high:
-            raise SettingError(name, f"is {number}: give a whole number from {low} to {high}")
+            raise SettingError(name, f"is {number}: {hint}")
         return number
 
     # --- storage -------------------------------------------------------------------------------
@@ -277,17 +278,10 @@ class Settings:
     def hnsw_ef_search(self) -> int | None:
         """hnsw.ef_search for searches: a number, or ``auto`` (None here), which grows with the collection
         (``shared.vectorsearch.auto_ef_search``). Either way raised for a large k."""
-        name, hint = "HNSW_EF_SEARCH", "give auto or a whole number from 1 to 1000"
-        value = self._required(name, hint)
-        if value.lower() == "auto":
+        hint = "give auto or a whole number from 1 to 1000"
+        if self._required("HNSW_EF_SEARCH", hint).lower() == "auto":
             return None
-        try:
-            number = int(value)
-        except ValueError:
-            raise SettingError(name, f"is {value!r}: {hint}") from None
-        if not 1 <= number <= 1000:
-            raise SettingError(name, f"is {number}: {hint}")
-        return number
+        return self._int("HNSW_EF_SEARCH", 1, 1000, hint=hint)
 
     # --- search --------------------------------------------------------------------------------
     @cached_property

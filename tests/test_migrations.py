@@ -20,8 +20,8 @@ from psycopg_pool import ConnectionPool
 from scripts.services import Azurite, Postgres
 from shared import schema
 from shared.catalogue import ImageRecord, image_id
-from shared.db import make_pool
-from shared.errors import InvalidInput
+from shared.db import make_pool, pgvector_version
+from shared.errors import DatabaseUnavailable, InvalidInput
 from shared.http import health
 from shared.maintenance import grant_app_role, migrate, reindex
 from shared.runtime import build_runtime
@@ -161,6 +161,31 @@ def test_after_migrate_vectors_are_stored_in_their_rows_on_every_node(
     assert set(stored) == {"m"} and len(stored) == (5 if citus else 1), stored  # Citus: coordinator + 4 shards
 
 
+@pytest.mark.citus_only
+def test_on_citus_a_shard_that_refuses_the_storage_change_fails_the_migration(
+    legacy_database: str, fake_vision: FakeVision, azurite: Azurite
+) -> None:
+    """Citus reports a shard's error in run_command_on_shards' result instead of raising it: the
+    migration must not be recorded as done while a shard keeps its vectors out of line."""
+    settings = settings_for(legacy_database, fake_vision, azurite)
+    rename = "SET citus.enable_manual_changes_to_shards TO on; ALTER TABLE IF EXISTS {} RENAME TO {}"
+    with psycopg.connect(legacy_database, autocommit=True) as conn:
+        shard = conn.execute(
+            "SELECT shard_name FROM citus_shards WHERE table_name = 'image_vectors'::regclass ORDER BY shardid LIMIT 1"
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute("SELECT run_command_on_workers(%s)", (rename.format(shard, "hidden_shard"),))
+    try:
+        with pytest.raises(DatabaseUnavailable, match=f"not store the vectors in their rows on every shard.*{shard}"):
+            migrate(settings, say=lambda _: None)
+        with psycopg.connect(legacy_database) as conn:
+            assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (LATEST_VERSION - 1,)
+    finally:
+        with psycopg.connect(legacy_database, autocommit=True) as conn:
+            conn.execute("SELECT run_command_on_workers(%s)", (rename.format("hidden_shard", shard),))
+    migrate(settings, say=lambda _: None)  # once every shard answers, the next run finishes it
+    assert set(_storage(legacy_database, True)) == {"m"}
+
+
 @pytest.mark.single_node
 def test_vectors_written_before_the_migration_move_into_their_rows_with_vacuum_full(
     legacy_database: str, fake_vision: FakeVision, azurite: Azurite
@@ -293,8 +318,7 @@ def test_on_citus_migrate_makes_the_search_settings_the_database_defaults_on_eve
         )
         nodes = [conn.execute(check).fetchone()[0]]  # type: ignore[index]
         nodes += [r[3] for r in conn.execute("SELECT * FROM run_command_on_workers(%s)", (check,)).fetchall()]
-        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]  # type: ignore[index]
-    iterative = tuple(int(p) for p in version.split(".")[:2]) >= (0, 8)  # pgvector 0.7 has no iterative scans
+        iterative = pgvector_version(conn) >= (0, 8)  # pgvector 0.7 has no iterative scans
     for settings in nodes:
         assert "hnsw.ef_search=" in settings, nodes
-        assert ("hnsw.iterative_scan=relaxed_order" in settings) == iterative, (version, nodes)
+        assert ("hnsw.iterative_scan=relaxed_order" in settings) == iterative, nodes
