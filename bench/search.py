@@ -19,7 +19,8 @@ sized), then runs the same queries through
 interleaved query by query (rotating which goes first) so drift in the machine's speed hits all alike.
 Recall@k is measured against an exact numpy ranking. Then k = 100 (the API's maximum), the filtered
 queries (name prefix or content type matching 10 % and 1 % of rows: rows returned, recall against the
-exact filtered ranking, latency, and the count that picks the strategy). Build parameters against
+exact filtered ranking, latency, the strategy chosen, and near the exact-scan threshold each strategy
+forced, to show where the threshold belongs at that size). Build parameters against
 recall are bench/index.py's job.
 
     .venv/bin/python -m bench.search [--quick] [--n N] [--queries Q] [--workers W] [--dataset KIND]
@@ -77,6 +78,9 @@ DEFAULT_EF = DEFAULTS.hnsw_ef_search
 EF_SWEEP = (40, 80, 120, 160, 240)
 QUICK_EF_SWEEP = (40, 120)
 RERANK_FACTOR = 4  # the README's example re-ranks 4 x k candidates
+# Filters matching up to this many times the exact-scan threshold are also searched with each strategy
+# forced: the figures that show where the threshold should be at this size.
+FORCED_UP_TO = 3
 TARGETS = {"recall": 0.98, "p95_ratio": 1.2, "filtered_recall": 0.95, "filtered_p95_ratio": 3.0}
 # In full mode at most this size: both vector kinds.
 FULL_MAX = 100_000
@@ -245,17 +249,22 @@ class Bench:
         )
 
     def store_path(
-        self, store: Store, k: int = K, filters: SearchFilters | None = None, strategies: list[str] | None = None
+        self,
+        store: Store,
+        k: int = K,
+        filters: SearchFilters | None = None,
+        strategies: list[str] | None = None,
+        strategy: str = "auto",
     ) -> Path:
         where = filters or SearchFilters(container=CONTAINER)
 
         def run(q: int) -> list[int]:
-            found = store.vectors.search(self.model, self.queries[q], k, filters=where)
+            found = store.vectors.search(self.model, self.queries[q], k, filters=where, strategy=strategy)
             if strategies is not None:
                 strategies.append(found.strategy)
             return [h.id for h in found.hits]
 
-        return Path("Store.search", run, k)
+        return Path("Store.search" if strategy == "auto" else f"Store.search, {strategy} forced", run, k)
 
     def searcher_path(self, store: Store, k: int = K, filters: Filters | None = None) -> Path:
         searcher = self.searcher(store)
@@ -387,7 +396,6 @@ def dataset(url: str, kind: str, args: Any, *, filtered_too: bool, phases: dict[
     with Stopwatch() as t:
         result["unfiltered"] = unfiltered(b)
         result["k_max"] = largest_k(b)
-        result["count_ms"] = count_step(b, SearchFilters(container=CONTAINER))
     phase("unfiltered queries", t.seconds)
     if filtered_too:
         with Stopwatch() as t:
@@ -479,17 +487,6 @@ def new_filter_path(b: Bench, filters: Filters) -> Path:
     return Path("Searcher.text, a new filter", run)
 
 
-def count_step(b: Bench, filters: SearchFilters) -> dict[str, float]:
-    store = b.store()
-    stop_at = store.vectors.exact_scan_max_rows + 1
-    seconds = []
-    for _ in range(min(b.nq, 100)):
-        with Stopwatch() as t:
-            store.vectors.count_matching(b.model, filters, stop_at=stop_at)
-        seconds.append(t.seconds)
-    return summary_ms(seconds)
-
-
 def filtered(b: Bench) -> list[dict[str, Any]]:
     """Name prefix and content type filters matching 10 % and 1 % of the rows, at the default settings."""
     log(f"[{b.kind}] filtered queries")
@@ -497,6 +494,7 @@ def filtered(b: Bench) -> list[dict[str, Any]]:
     png = np.array([i % 10 == 3 for i in range(b.n)])
     store = b.store()
     ef = store.vectors.effective_ef_search(b.model, K + 1)
+    threshold = store.vectors.exact_threshold(b.model)
     b.set_ef(ef)
     b.raw.execute("RESET enable_sort")  # raw pgvector here is the plan PostgreSQL picks, for contrast
     out, rows = [], []
@@ -536,7 +534,13 @@ def filtered(b: Bench) -> list[dict[str, Any]]:
                 rows.append([f"{label} ({int(mask.sum()):,} rows)", *row(ef, p)[1:6]])
         b.raw.execute("RESET hnsw.iterative_scan")
         result["strategies"] = {s: strategies.count(s) for s in sorted(set(strategies))}
-        result["count_ms"] = count_step(b, where)
+        result["exact_scan_threshold"] = threshold
+        if int(mask.sum()) <= FORCED_UP_TO * threshold:  # near the threshold: how each strategy does alone
+            forced = [b.store_path(store, filters=where, strategy=s) for s in ("exact", "index")]
+            measure(forced, exact, b.nq)
+            for p in forced:
+                result[p.name] = as_json(p)
+                rows.append([f"{label} ({int(mask.sum()):,} rows)", *row(ef, p)[1:6]])
         try:  # the plan of the project's index path, for whoever wonders where the time goes
             plan = store.vectors.explain_nearest(
                 b.model, b.queries[0], K, filters=where, strategy="index", analyze=True
@@ -551,12 +555,9 @@ def filtered(b: Bench) -> list[dict[str, Any]]:
         rows,
     )
     table(
-        "The count that picks the strategy (Store.count_matching, up to 2,001 rows), alone",
-        ["filter", "matching rows", "strategies chosen", "p50 ms", "p95 ms"],
-        [
-            [r["filter"], r["matching_rows"], r["strategies"], r["count_ms"]["p50_ms"], r["count_ms"]["p95_ms"]]
-            for r in out
-        ],
+        f"The strategy an auto search chose (exact scan up to {threshold:,} matching rows at this size)",
+        ["filter", "matching rows", "strategies chosen"],
+        [[r["filter"], r["matching_rows"], r["strategies"]] for r in out],
     )
     return out
 

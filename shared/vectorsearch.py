@@ -32,7 +32,7 @@ FILTERED_COUNT_SECONDS = 30.0
 MAX_REMEMBERED_COUNTS = 1_024
 ESTIMATE_TRUSTED = 2
 MAX_REMEMBERED_STATEMENTS = 256
-# _PLANNED_EACH_TIME: the statements that read the rows a filter matches (the count, the exact scan)
+# _PLANNED_EACH_TIME: the statements that read the rows a filter matches (the exact scan, capped or not)
 # run unprepared. psycopg prepares a statement run 5 times on a connection, and PostgreSQL may then
 # keep a generic plan, made without the filter's values: for `name LIKE $1` it cannot use the prefix
 # index range and reads the container's rows instead. Measured (100,000 images, a 1 % prefix, the
@@ -60,8 +60,13 @@ class Hit:
 # --- search: filters, keyset position, strategies -----------------------------------------------
 SEARCH_STRATEGIES: Final = ("auto", "exact", "index")
 # At or below this many matching rows an exact scan (every matching vector, sorted) is both exact
-# and cheap (a few ms for 2,000 x 1024-d); above it the HNSW index answers.
+# and cheap (a few ms for 2,000 x 1024-d); above it the HNSW index answers. In a collection of more
+# than EXACT_SCAN_ROWS vectors the threshold grows with the square root of its size: under a filter
+# that keeps a fraction s of N vectors the index visits about k / s candidates to find k that match,
+# the exact scan reads s * N rows, and the two cost alike where s * N ~ sqrt(k * N * c), c the ratio
+# of their costs per row (see exact_scan_threshold).
 EXACT_SCAN_MAX_ROWS: Final = 2_000
+EXACT_SCAN_ROWS: Final = 100_000
 # pgvector's own default, stated here because the fallback below depends on it: an iterative scan
 # that visits this many tuples without finding enough matches stops, and the exact scan takes over.
 HNSW_MAX_SCAN_TUPLES: Final = 20_000
@@ -90,6 +95,15 @@ def auto_ef_search(rows: int | None) -> int:
     if rows is None or rows <= AUTO_EF_ROWS:
         return AUTO_EF_SEARCH
     return min(HNSW_MAX_EF_SEARCH, math.ceil(AUTO_EF_SEARCH * math.pow(rows / AUTO_EF_ROWS, AUTO_EF_GROWTH)))
+
+
+def exact_scan_threshold(rows: int | None) -> int:
+    """The most matching rows an ``auto`` search reads with the exact scan, in a collection of ``rows``
+    vectors (None: not known): EXACT_SCAN_MAX_ROWS up to EXACT_SCAN_ROWS, then growing with the square
+    root of the collection (6,325 at a million)."""
+    if rows is None or rows <= EXACT_SCAN_ROWS:
+        return EXACT_SCAN_MAX_ROWS
+    return math.ceil(EXACT_SCAN_MAX_ROWS * math.sqrt(rows / EXACT_SCAN_ROWS))
 
 
 @dataclass(frozen=True)
@@ -184,7 +198,7 @@ class VectorSearch:
     # (enable_sort off; on Citus only when the index is forced): pgvector 0.8 prices an HNSW scan by
     # ef_search, and at a large ef_search (100,000 vectors, ef_search 400) or under a filter the planner
     # would otherwise pick an exact plan that reads every matching vector.
-    exact_scan_max_rows: int = EXACT_SCAN_MAX_ROWS
+    exact_scan_max_rows: int | None = None  # None: by the collection's size (exact_scan_threshold)
     max_scan_tuples: int = HNSW_MAX_SCAN_TUPLES
 
     def search(
@@ -209,27 +223,51 @@ class VectorSearch:
             return Nearest([], "exact")
         chosen = strategy
         if strategy == "auto":
-            matching = self._matching_estimate(model, filters)
-            chosen = "exact" if matching <= self.exact_scan_max_rows else "index"
+            chosen, answered = self._choose(model, query, limit, filters, after, max_distance)
+            if answered is not None:
+                return Nearest(answered, "exact")
         if chosen == "index":
             rows = self._index_search(model, query, limit, filters, after, ef_search, forced=strategy == "index")
             if rows is not None:
                 return Nearest([h for h in rows if max_distance is None or h.distance <= max_distance], "index")
             chosen = "index+exact"
-        return Nearest(self._exact_scan(model, query, limit, filters, after, max_distance), chosen)
+        return Nearest(self._exact_scan(model, query, limit, filters, after, max_distance)[0], chosen)
 
-    def _matching_estimate(self, model: Model, filters: SearchFilters) -> int:
-        """The capped count that picks the strategy, remembered for a while: either choice is correct
-        (the index path falls back to an exact scan when it finds too few rows), a stale one only slower,
-        and the count costs about as much as the search itself. Without filters it only changes as the
-        collection grows or shrinks (``UNFILTERED_COUNT_SECONDS``, or ``LARGE_COUNT_SECONDS`` far above
-        the threshold); a filter's is kept ``FILTERED_COUNT_SECONDS``, for the next page of the same
-        query. Leaving out one image (``exclude_id``, "more like this") changes no decision.
+    def exact_threshold(self, model: Model) -> int:
+        """The most matching rows the exact scan answers for (``exact_scan_max_rows`` when set, else by
+        the size of the model's index: see :func:`exact_scan_threshold`)."""
+        if self.exact_scan_max_rows is not None:
+            return self.exact_scan_max_rows
+        return exact_scan_threshold(self._indexed_rows(model))
 
-        A filter the planner expects to match ESTIMATE_TRUSTED times the threshold or more is not
-        counted: counting 2,001 matching rows costs 4-12 ms (a join per row), more than the search, and
-        only an estimate off by that factor would have chosen the exact scan."""
-        stop_at = self.exact_scan_max_rows + 1
+    def _choose(
+        self,
+        model: Model,
+        query: Vector,
+        limit: int,
+        filters: SearchFilters,
+        after: After | None,
+        max_distance: float | None,
+    ) -> tuple[str, list[Hit] | None]:
+        """The strategy of an ``auto`` search (``exact`` or ``index``), and its hits when the step that
+        decided has already found them.
+
+        How many rows match decides, and it is remembered for a while: either choice is correct (the
+        index path falls back to an exact scan when it finds too few rows), a stale one only slower.
+        Without filters it only changes as the collection grows or shrinks (``UNFILTERED_COUNT_SECONDS``,
+        or ``LARGE_COUNT_SECONDS`` far above the threshold); a filter's is kept ``FILTERED_COUNT_SECONDS``,
+        for the next page of the same query. Leaving out one image (``exclude_id``, "more like this")
+        changes no decision.
+
+        Not known yet, it is learnt in the cheapest way that can tell:
+        - A filter the planner expects to match ESTIMATE_TRUSTED times the threshold or more goes to
+          the index uncounted (one EXPLAIN, no rows read): only an estimate off by that factor would
+          have chosen the exact scan.
+        - Otherwise the exact scan runs, reading no more than the threshold's rows plus one, and says
+          how many it read: at or below the threshold that is the answer, found in one statement
+          (counting first, then scanning, read the same rows twice: a join per row each time); above
+          it the index answers, and the scan cost about what a count would have."""
+        threshold = self.exact_threshold(model)
         counted = replace(filters, exclude_id=None)
         key = (model.model_id, counted)
         now = time.monotonic()
@@ -237,24 +275,30 @@ class VectorSearch:
         if known is not None:
             if not _narrows(counted):
                 # A collection far above the threshold does not shrink below it in minutes.
-                ttl = UNFILTERED_COUNT_SECONDS if known[0] <= self.exact_scan_max_rows else LARGE_COUNT_SECONDS
+                ttl = UNFILTERED_COUNT_SECONDS if known[0] <= threshold else LARGE_COUNT_SECONDS
             else:
                 ttl = FILTERED_COUNT_SECONDS
             if now - known[1] < ttl:
-                return known[0]
+                return ("exact" if known[0] <= threshold else "index"), None
+        answered: list[Hit] | None = None
         count = -1
         if _narrows(counted) and not self.db.is_citus():  # Citus's coordinator plans no row counts
             planned = self.planned_matching(model, counted)
-            if planned >= ESTIMATE_TRUSTED * stop_at:
+            if planned >= ESTIMATE_TRUSTED * (threshold + 1):
                 count = planned
         if count < 0:
-            count = self.count_matching(model, counted, stop_at=stop_at)
+            hits, count = self._exact_scan(model, query, limit, filters, after, max_distance, cap=threshold + 1)
+            if count <= threshold:
+                answered = hits
+        self._remember_count(key, count, now)
+        return ("exact" if count <= threshold else "index"), answered
+
+    def _remember_count(self, key: tuple[Any, ...], count: int, now: float) -> None:
         if len(self._counts) >= MAX_REMEMBERED_COUNTS:
             self._counts = {k: v for k, v in self._counts.items() if now - v[1] < FILTERED_COUNT_SECONDS}
             if len(self._counts) >= MAX_REMEMBERED_COUNTS:
                 self._counts.clear()
         self._counts[key] = (count, now)
-        return count
 
     def planned_matching(self, model: Model, filters: SearchFilters) -> int:
         """How many searchable images the planner expects to match ``filters`` (from the tables'
@@ -280,21 +324,6 @@ class VectorSearch:
     def forget_counts(self) -> None:
         """Forget the remembered counts and estimates (benchmarks: every query as if its filter were new)."""
         self._counts = {}
-
-    def count_matching(self, model: Model, filters: SearchFilters, *, stop_at: int) -> int:
-        """How many searchable images match ``filters``, counting no further than ``stop_at``."""
-        where, params = _search_conditions(model, filters)
-        stmt = sql.SQL(
-            "SELECT count(*) FROM (SELECT 1 FROM image_vectors v JOIN images i ON i.id = v.image_id "
-            "WHERE {where} LIMIT {stop_at}) AS matching"
-        ).format(where=where, stop_at=sql.Literal(int(stop_at)))
-
-        def count(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(stmt, params, prepare=False).fetchone()  # planned for these values (_PLANNED_EACH_TIME)
-            return int(row[0]) if row else 0
-
-        with translate_errors("searching"):
-            return self.db.read(count)
 
     @staticmethod
     def _query_vector(model: Model, vector: Vector) -> Vector:
@@ -509,7 +538,12 @@ class VectorSearch:
         filters: SearchFilters,
         after: After | None,
         max_distance: float | None,
-    ) -> list[Hit]:
+        *,
+        cap: int | None = None,
+    ) -> tuple[list[Hit], int]:
+        """Every matching row's distance, sorted: the first ``limit`` after ``after`` within
+        ``max_distance``, and how many rows matched the filters. With ``cap`` it reads no more than
+        ``cap`` matching rows, and its hits are the answer only when fewer than ``cap`` matched."""
         where, params = _search_conditions(model, filters)
         outer = [sql.SQL("TRUE")]
         if after is not None:
@@ -518,23 +552,29 @@ class VectorSearch:
         if max_distance is not None:
             outer.append(sql.SQL("distance <= %(max_distance)s::float8"))
             params["max_distance"] = max_distance
-        # MATERIALIZED: the ORDER BY below cannot reach into the CTE, so no index scan is planned.
+        # MATERIALIZED: the ORDER BY below cannot reach into the CTE, so no index scan is planned. The
+        # count comes in the same statement, on every row and on a row of NULLs when none is left to show.
         stmt = sql.SQL(
             "WITH matching AS MATERIALIZED ("
             " SELECT {columns}, v.embedding::vector({dim}) <=> %(q)s::vector({dim}) AS distance"
-            " FROM image_vectors v JOIN images i ON i.id = v.image_id WHERE {where}"
-            ") SELECT {names}, distance FROM matching WHERE {outer} ORDER BY distance, id LIMIT %(limit)s"
+            " FROM image_vectors v JOIN images i ON i.id = v.image_id WHERE {where}{cap}"
+            "), shown AS ("
+            " SELECT {names}, distance FROM matching WHERE {outer} ORDER BY distance, id LIMIT %(limit)s"
+            ") SELECT shown.*, counted.matched FROM (SELECT count(*) AS matched FROM matching) AS counted"
+            " LEFT JOIN shown ON TRUE ORDER BY shown.distance, shown.id"
         ).format(
             columns=_HIT_COLUMNS,
             names=_HIT_NAMES,
             dim=sql.Literal(model.dimension),
             where=where,
+            cap=sql.SQL("") if cap is None else sql.SQL(" LIMIT {}").format(sql.Literal(int(cap))),
             outer=sql.SQL(" AND ").join(outer),
         )
         params.update(q=PgVector(query), limit=limit)
         with translate_errors("searching"):
             rows = self.db.read(lambda conn: conn.execute(stmt, params, prepare=False).fetchall())  # _PLANNED_EACH_TIME
-        return [_hit(row) for row in rows]
+        matched = int(rows[0][-1]) if rows else 0
+        return [_hit(row[:-1]) for row in rows if row[0] is not None], matched
 
     def explain_nearest(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,15 @@ from shared.search import (
     parse_options,
 )
 from shared.store import Store
-from shared.vectorsearch import AUTO_EF_SEARCH, EF_PER_ROW, After, SearchFilters, auto_ef_search
+from shared.vectorsearch import (
+    AUTO_EF_SEARCH,
+    EF_PER_ROW,
+    EXACT_SCAN_MAX_ROWS,
+    After,
+    SearchFilters,
+    auto_ef_search,
+    exact_scan_threshold,
+)
 from tests.conftest import Catalogue, make_settings
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
@@ -452,14 +461,16 @@ class TestTheIndex:
     ) -> None:
         """psycopg prepares a statement run 5 times on a connection, and PostgreSQL may then keep a
         generic plan made without the filter's values (for ``name LIKE $1`` one that cannot use the
-        prefix index). The count and the exact scan, which read the matching rows, are never prepared."""
+        prefix index). The exact scan, which reads the matching rows (all of them, or as many as decide
+        the strategy), is never prepared."""
         vectors = corpus.store.vectors
         filters = SearchFilters(prefix="img-000")
         for q in range(5 * pool.max_size + 5):
             query = corpus.queries[q % len(corpus.queries)]
             found = vectors.search(MODEL, query, 10, filters=filters, strategy="exact")
             assert len(found.hits) == 10
-            assert vectors.count_matching(MODEL, filters, stop_at=50) == 50
+            vectors.forget_counts()
+            assert vectors.search(MODEL, query, 10, filters=filters).strategy == "exact"  # 100 rows, decided by a scan
         with contextlib.ExitStack() as held:
             conns = [held.enter_context(pool.connection()) for _ in range(pool.max_size)]
             prepared = [r[0] for c in conns for r in c.execute("SELECT statement FROM pg_prepared_statements")]
@@ -609,25 +620,60 @@ class TestTheIndex:
         assert corpus.store.vectors.effective_ef_search(model, 10) == auto_ef_search(N) == AUTO_EF_SEARCH
 
     @pytest.mark.single_node
-    def test_a_filter_the_planner_expects_to_match_far_more_than_the_threshold_is_not_counted(
+    def test_the_exact_scan_threshold_follows_the_size_of_the_models_index(self, corpus: Corpus) -> None:
+        """Under a filter keeping a fraction s of N vectors the index visits about k / s candidates and the
+        exact scan reads s * N rows: their costs cross where s * N grows with the square root of N."""
+        model = corpus.store.registry.active_model()
+        assert model is not None
+        assert corpus.store.vectors.exact_threshold(model) == exact_scan_threshold(N) == EXACT_SCAN_MAX_ROWS
+        assert exact_scan_threshold(None) == exact_scan_threshold(100_000) == EXACT_SCAN_MAX_ROWS
+        assert exact_scan_threshold(400_000) == 2 * EXACT_SCAN_MAX_ROWS
+        assert exact_scan_threshold(1_000_000) == math.ceil(EXACT_SCAN_MAX_ROWS * math.sqrt(10))
+
+    @pytest.mark.single_node
+    def test_a_filter_the_planner_expects_to_match_far_more_than_the_threshold_reads_no_rows_to_decide(
         self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Counting thousands of matching rows costs more than the search: when the planner's estimate is
-        far above the exact-scan threshold the index answers without a count; near or below it, the
-        count decides."""
+        """Reading thousands of matching rows to learn that there are thousands costs more than the
+        search: when the planner's estimate is far above the exact-scan threshold the index answers
+        straight away; near or below it, one exact scan that stops after the threshold decides, and
+        answers when it read every matching row."""
         vectors = corpus.store.vectors
         monkeypatch.setattr(vectors, "exact_scan_max_rows", 100)  # as if the collection were large
-        counted: list[SearchFilters] = []
-        count = vectors.count_matching
-        monkeypatch.setattr(vectors, "count_matching", lambda m, f, **kw: counted.append(f) or count(m, f, **kw))
+        scans: list[tuple[tuple[str, ...], int | None]] = []
+        scan = vectors._exact_scan
+        monkeypatch.setattr(
+            vectors, "_exact_scan", lambda *a, **kw: scans.append((a[3].content_types, kw.get("cap"))) or scan(*a, **kw)
+        )
         vectors.forget_counts()
         q = corpus.queries[4]
         gif = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/gif",)))  # 300 rows
         png = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/png",)))  # 30 rows
-        vectors.forget_counts()
         assert (gif.strategy, png.strategy) == ("index", "exact")
-        assert [f.content_types for f in counted] == [("image/png",)]
-        assert len(gif.hits) == len(png.hits) == 10
+        assert scans == [(("image/png",), 101)]  # one scan for the small filter, and it was the answer
+        mask = corpus.types == "image/png"
+        assert corpus.recall(q, [h.id for h in png.hits], mask) == 1.0
+        # The same filter again within FILTERED_COUNT_SECONDS: what was learnt decides.
+        again = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/png",)))
+        assert again.strategy == "exact" and [h.id for h in again.hits] == [h.id for h in png.hits]
+        assert len(scans) == 2 and scans[1][1] is None
+        vectors.forget_counts()
+
+    @pytest.mark.single_node
+    def test_a_filter_that_matches_more_than_the_planner_expected_goes_to_the_index(
+        self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The planner expects fewer rows than match (300 against a threshold of 200): the scan that
+        decides stops after 201 and the index answers, with rows that all match."""
+        vectors = corpus.store.vectors
+        monkeypatch.setattr(vectors, "exact_scan_max_rows", 200)
+        vectors.forget_counts()
+        filters = SearchFilters(content_types=("image/gif",))
+        assert vectors.planned_matching(MODEL, filters) < 2 * 201
+        found = vectors.search(MODEL, corpus.queries[1], 10, filters=filters)
+        assert found.strategy == "index" and len(found.hits) == 10
+        assert {h.content_type for h in found.hits} == {"image/gif"}
+        vectors.forget_counts()
 
     @pytest.mark.single_node
     @pytest.mark.parametrize("content_types", [(), ("image/gif",)])
