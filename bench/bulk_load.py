@@ -98,6 +98,19 @@ def _copy_slice(
         copy.write(b"\xff\xff")
 
 
+def create_copy_tables(conn: psycopg.Connection[Any], prefixes: tuple[str, ...]) -> None:
+    """The baselines' tables: ``<prefix>_images`` and ``<prefix>_image_vectors`` with the columns, the
+    storage and the indexes of the project's (``LIKE … INCLUDING ALL``); ``fk`` also with its foreign keys."""
+    for prefix in prefixes:
+        conn.execute(f"CREATE TABLE {prefix}_images (LIKE images INCLUDING ALL)")
+        conn.execute(f"CREATE TABLE {prefix}_image_vectors (LIKE image_vectors INCLUDING ALL)")
+        if prefix == "fk":
+            conn.execute(
+                "ALTER TABLE fk_image_vectors ADD FOREIGN KEY (image_id) REFERENCES fk_images (id) ON DELETE CASCADE, "
+                "ADD FOREIGN KEY (model_id) REFERENCES embedding_models (model_id)"
+            )
+
+
 def vector_rows(recs: list[ImageRecord], vectors: npt.NDArray[np.float32]) -> bytes:
     """Binary COPY rows (bigint, text, bytea, vector) with the store's own encoder: both paths pay the
     same encoding cost, so the comparison is about what the database does with the rows."""
@@ -126,13 +139,7 @@ def run(n: int, rounds: int, quick: bool, slices: int = 1) -> dict[str, Any]:
 def measure(svc: Services, n: int, rounds: int, quick: bool, slices: int = 1) -> dict[str, Any]:
     with svc.connect(autocommit=True) as conn:
         migrate(conn)
-        for prefix in ("raw", "fk"):
-            conn.execute(f"CREATE TABLE {prefix}_images (LIKE images INCLUDING ALL)")
-            conn.execute(f"CREATE TABLE {prefix}_image_vectors (LIKE image_vectors INCLUDING ALL)")
-        conn.execute(
-            "ALTER TABLE fk_image_vectors ADD FOREIGN KEY (image_id) REFERENCES fk_images (id) ON DELETE CASCADE, "
-            "ADD FOREIGN KEY (model_id) REFERENCES embedding_models (model_id)"
-        )
+        create_copy_tables(conn, ("raw", "fk"))
         info = machine(conn)
     from pgvector.psycopg import register_vector
 

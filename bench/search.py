@@ -46,7 +46,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from bench import data
+from bench import bulk_load, data
 from bench.common import (
     Stopwatch,
     log,
@@ -321,9 +321,14 @@ def load_dataset(
     quick: bool,
     phase: Callable[[str, float], None],
     spec: IndexSpec | None = None,
+    *,
+    copy_baseline: bool = False,
 ) -> tuple[Bench, dict[str, Any]]:
     """Generate the vectors, load them through the bulk path, build the model's index (``spec``, by
-    default as the settings ask), rank exactly: the dataset every measurement here starts from."""
+    default as the settings ask), rank exactly: the dataset every measurement here starts from.
+    ``copy_baseline``: first copy the same rows with plain COPY into tables of the same columns, indexes
+    and foreign keys (bench.bulk_load's baseline), timed, then drop them: the bulk path's ratio to COPY
+    at this size, in the same run."""
     spec = spec or index_spec(DEFAULTS)
     result: dict[str, Any] = {"kind": kind}
     with Stopwatch() as t:
@@ -343,9 +348,23 @@ def load_dataset(
     loader = Store(work, index=spec)
     loader.registry.ensure_model(MODEL, data.DIM, create_index=False)
 
+    records = data.records(n, CONTAINER)
+    copy_seconds = None
+    if copy_baseline:
+        log(f"[{kind}] the baseline: plain COPY of the same rows, same constraints")
+        with psycopg.connect(url, autocommit=True) as conn:
+            bulk_load.create_copy_tables(conn, ("fk",))
+            conn.execute("CHECKPOINT")
+            with Stopwatch() as copied:
+                bulk_load.raw_copy(conn, records, vectors, "fk")
+            copy_seconds = copied.seconds
+            conn.execute("DROP TABLE fk_image_vectors, fk_images")
+            conn.execute("CHECKPOINT")
+        phase("load (COPY baseline)", copy_seconds)
+        log(f"[{kind}] COPY: {n / copy_seconds:,.0f} vectors/s")
     log(f"[{kind}] loading through Store.bulk_upsert")
     with Stopwatch() as load:
-        loader.bulk.upsert(data.records(n, CONTAINER), vectors, MODEL)
+        loader.bulk.upsert(records, vectors, MODEL)
     phase("load (Store.bulk_upsert)", load.seconds)
     with Stopwatch() as t, psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE images")
@@ -357,6 +376,9 @@ def load_dataset(
     phase("index build", build.seconds)
     index_mib, table_mib = sizes(url)
     result["load"] = {"seconds": load.seconds, "vectors_per_s": n / load.seconds}
+    if copy_seconds is not None:
+        result["load"]["copy_baseline"] = {"seconds": copy_seconds, "vectors_per_s": n / copy_seconds}
+        result["load"]["x_copy"] = copy_seconds / load.seconds
     result["index"] = {
         "build_seconds": build.seconds,
         "index_mib": index_mib,
@@ -368,8 +390,19 @@ def load_dataset(
     log(f"[{kind}] index built in {build.seconds:.1f} s ({index_mib:,.0f} MiB)")
     table(
         f"Load and index build ({n:,} {kind} vectors)",
-        ["vectors", "load s", "vectors/s", "index", "build s", "index MiB", "table MiB"],
-        [[n, load.seconds, n / load.seconds, describe(spec), build.seconds, index_mib, table_mib]],
+        ["vectors", "load s", "vectors/s", "x COPY", "index", "build s", "index MiB", "table MiB"],
+        [
+            [
+                n,
+                load.seconds,
+                n / load.seconds,
+                "-" if copy_seconds is None else f"{copy_seconds / load.seconds:.2f} ({n / copy_seconds:,.0f}/s)",
+                describe(spec),
+                build.seconds,
+                index_mib,
+                table_mib,
+            ]
+        ],
     )
 
     with Stopwatch() as t:
@@ -392,7 +425,7 @@ def dataset(url: str, kind: str, args: Any, *, filtered_too: bool, phases: dict[
     def phase(name: str, seconds: float) -> None:
         phases[f"{kind}: {name}"] = seconds
 
-    b, result = load_dataset(url, kind, args.n, args.queries, args.quick, phase)
+    b, result = load_dataset(url, kind, args.n, args.queries, args.quick, phase, copy_baseline=args.copy_baseline)
     with Stopwatch() as t:
         result["unfiltered"] = unfiltered(b)
         result["k_max"] = largest_k(b)
@@ -630,6 +663,11 @@ def main() -> None:
         help=f"vector kind (bench/data.py); default: both in full mode up to {FULL_MAX:,} vectors, else embedding",
     )
     p.add_argument("--workers", type=int, help="parallel workers for the index build, with memory to match")
+    p.add_argument(
+        "--copy-baseline",
+        action="store_true",
+        help="also time plain COPY of the same rows (same constraints) before the load: the bulk path's ratio",
+    )
     args = p.parse_args()
     args.n = args.n or (10_000 if args.quick else 100_000)
     full = not args.quick and args.n <= FULL_MAX
