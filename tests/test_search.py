@@ -619,7 +619,6 @@ class TestTheIndex:
         assert corpus.store.vectors._indexed_rows(model) == N
         assert corpus.store.vectors.effective_ef_search(model, 10) == auto_ef_search(N) == AUTO_EF_SEARCH
 
-    @pytest.mark.single_node
     def test_the_exact_scan_threshold_follows_the_size_of_the_models_index(self, corpus: Corpus) -> None:
         """Under a filter keeping a fraction s of N vectors the index visits about k / s candidates and the
         exact scan reads s * N rows: their costs cross where s * N grows with the square root of N."""
