@@ -89,9 +89,11 @@ def clustered(n: int, *, kind: str = "embedding", seed: int = SEED) -> npt.NDArr
     return _Generator(kind, seed).draw(n, np.random.default_rng(seed + 1))
 
 
-def queries(n: int, *, kind: str = "embedding", seed: int = SEED) -> npt.NDArray[np.float32]:
-    """Query vectors from the same distribution as :func:`clustered` (same seed), not in the collection."""
-    return _Generator(kind, seed).draw(n, np.random.default_rng(seed + 2))
+def queries(n: int, *, kind: str = "embedding", seed: int = SEED, sample: int = 0) -> npt.NDArray[np.float32]:
+    """Query vectors from the same distribution as :func:`clustered` (same seed), not in the collection;
+    ``sample`` > 0 draws another set from the same distribution."""
+    rng = np.random.default_rng(seed + 2 if sample == 0 else (seed, 2, sample))
+    return _Generator(kind, seed).draw(n, rng)
 
 
 def name_of(i: int) -> str:

@@ -60,13 +60,18 @@ class Hit:
 # --- search: filters, keyset position, strategies -----------------------------------------------
 SEARCH_STRATEGIES: Final = ("auto", "exact", "index")
 # At or below this many matching rows an exact scan (every matching vector, sorted) is both exact
-# and cheap (a few ms for 2,000 x 1024-d); above it the HNSW index answers. In a collection of more
-# than EXACT_SCAN_ROWS vectors the threshold grows with the square root of its size: under a filter
-# that keeps a fraction s of N vectors the index visits about k / s candidates to find k that match,
-# the exact scan reads s * N rows, and the two cost alike where s * N ~ sqrt(k * N * c), c the ratio
-# of their costs per row (see exact_scan_threshold).
-EXACT_SCAN_MAX_ROWS: Final = 2_000
+# and cheaper than the index; above it the HNSW index answers. Measured on 100,000 vectors (2 cores,
+# filters keeping 1-7 %, 30 queries each): p95 of the exact scan against the index path 6.5 / 83 ms at
+# 972 rows, 25.9 / 30.5 ms at 2,969, 35.7 / 21.1 ms at 4,008: they cross near 3,200. In a collection
+# of more than EXACT_SCAN_ROWS vectors the threshold grows with the square root of its size: under a
+# filter that keeps a fraction s of N vectors the index visits about k / s candidates to find k that
+# match, the exact scan reads s * N rows, and the two cost alike where s * N ~ sqrt(k * N * c), c the
+# ratio of their costs per row (see exact_scan_threshold).
+EXACT_SCAN_MAX_ROWS: Final = 3_200
 EXACT_SCAN_ROWS: Final = 100_000
+# ... and below EXACT_SCAN_ROWS it shrinks the same way, to no fewer rows than this: reading 1,000
+# vectors costs a few milliseconds.
+EXACT_SCAN_MIN_ROWS: Final = 1_000
 # pgvector's own default, stated here because the fallback below depends on it: an iterative scan
 # that visits this many tuples without finding enough matches stops, and the exact scan takes over.
 HNSW_MAX_SCAN_TUPLES: Final = 20_000
@@ -74,14 +79,16 @@ HNSW_MAX_SCAN_TUPLES: Final = 20_000
 # most 1000 (hnsw.ef_search's upper bound).
 HNSW_MAX_EF_SEARCH: Final = 1_000
 # hnsw.ef_search when HNSW_EF_SEARCH is `auto` (the default): AUTO_EF_SEARCH up to AUTO_EF_ROWS vectors,
-# growing with the square root of the collection beyond (139 at 300,000, 253 at a million). At a fixed
-# ef_search recall falls as the collection grows: with the default index (m 32, ef_construction 128)
-# on clustered 1024-d vectors, recall@10 at a million was 0.972 at 80, 0.984 at 120, 0.986-0.991 from
-# 160 to 400 built on 2 cores; built by 15 workers on 16 cores it stopped at 0.969 from 120 on, which no
-# wider search mends (bench/RESULTS.md).
+# growing with the collection beyond (193 at 300,000, 505 at a million, the maximum 1,000 from 2.4
+# million). At a fixed ef_search recall falls as the collection grows, and at a million the queries
+# missed are missed whole: the search stays in a part of the graph away from the true ten. With the
+# default index (m 32, ef_construction 128) on clustered 1024-d vectors, a million built on 2 cores,
+# 1,000 queries: recall@10 0.973 at 120, 0.987 at 253, 0.991 at 400, 0.994 at 500 and 600 (p50 8.2,
+# 9.8, 11.7, 13.2, 14.7 ms); a build by 15 workers on 16 cores gave 0.969 at 253 (100 queries).
+# Recall first, then latency: the growth reaches 500 at a million (bench/RESULTS.md).
 AUTO_EF_SEARCH: Final = 80
 AUTO_EF_ROWS: Final = 100_000
-AUTO_EF_GROWTH: Final = 0.5
+AUTO_EF_GROWTH: Final = 0.8
 # At least this many candidates per row fetched: with k = 100 an ef_search of 101 finds noticeably
 # fewer of the true 100 nearest than twice that.
 EF_PER_ROW: Final = 2
@@ -99,11 +106,12 @@ def auto_ef_search(rows: int | None) -> int:
 
 def exact_scan_threshold(rows: int | None) -> int:
     """The most matching rows an ``auto`` search reads with the exact scan, in a collection of ``rows``
-    vectors (None: not known): EXACT_SCAN_MAX_ROWS up to EXACT_SCAN_ROWS, then growing with the square
-    root of the collection (6,325 at a million)."""
-    if rows is None or rows <= EXACT_SCAN_ROWS:
+    vectors: EXACT_SCAN_MAX_ROWS at EXACT_SCAN_ROWS (and when the size is not known), in proportion to
+    the square root of the collection's size elsewhere (10,120 at a million), never below
+    EXACT_SCAN_MIN_ROWS."""
+    if rows is None:
         return EXACT_SCAN_MAX_ROWS
-    return math.ceil(EXACT_SCAN_MAX_ROWS * math.sqrt(rows / EXACT_SCAN_ROWS))
+    return max(EXACT_SCAN_MIN_ROWS, math.ceil(EXACT_SCAN_MAX_ROWS * math.sqrt(rows / EXACT_SCAN_ROWS)))
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ class VectorSearch:
 
     # Filtered search under HNSW. An HNSW scan applies WHERE clauses to the candidates it found, so
     # with a selective filter it returns fewer than k rows although more match. The strategy:
-    # 1. Count the matching rows, stopping at EXACT_SCAN_MAX_ROWS + 1. At or below the threshold an
+    # 1. Count the matching rows, stopping past the threshold (see _choose). At or below it an
     #    exact scan is cheap and exact: the filtered rows in a MATERIALIZED CTE (so the planner cannot
     #    hand the ORDER BY to the index), sorted by (distance, id).
     # 2. Above it, the index with pgvector 0.8's iterative scan in relaxed_order: the scan continues
