@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -624,16 +623,21 @@ class TestTheIndex:
 
     def test_the_exact_scan_threshold_follows_the_size_of_the_models_index(self, corpus: Corpus) -> None:
         """Under a filter keeping a fraction s of N vectors the index visits about k / s candidates and the
-        exact scan reads s * N rows: their costs cross where s * N grows with the square root of N."""
+        exact scan reads s * N rows: where their costs cross grows with N (measured at 100,000 and at a
+        million), so does the threshold."""
         model = corpus.store.registry.active_model()
         assert model is not None
         known = None if corpus.store.db.is_citus() else N  # Citus's coordinator holds no index to count
         assert corpus.store.vectors.exact_threshold(model) == exact_scan_threshold(known)
         assert exact_scan_threshold(N) == EXACT_SCAN_MIN_ROWS < N  # so this corpus's searches use the index
         assert exact_scan_threshold(None) == exact_scan_threshold(100_000) == EXACT_SCAN_MAX_ROWS
-        assert exact_scan_threshold(400_000) == 2 * EXACT_SCAN_MAX_ROWS
-        assert exact_scan_threshold(25_000) == EXACT_SCAN_MAX_ROWS // 2
-        assert exact_scan_threshold(1_000_000) == math.ceil(EXACT_SCAN_MAX_ROWS * math.sqrt(10))
+        sizes = [10_000, 30_000, 100_000, 300_000, 1_000_000, 10_000_000]
+        thresholds = [exact_scan_threshold(n) for n in sizes]
+        assert thresholds == sorted(thresholds) and len(set(thresholds)) == len(thresholds)
+        assert 7_800 <= exact_scan_threshold(1_000_000) <= 8_100  # where the two crossed at a million
+        assert [t / n for t, n in zip(thresholds, sizes, strict=True)] == sorted(
+            (t / n for t, n in zip(thresholds, sizes, strict=True)), reverse=True
+        )  # a smaller share of a larger collection
 
     @pytest.mark.single_node
     def test_a_filter_the_planner_expects_to_match_far_more_than_the_threshold_reads_no_rows_to_decide(
