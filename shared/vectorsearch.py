@@ -61,14 +61,16 @@ class Hit:
 SEARCH_STRATEGIES: Final = ("auto", "exact", "index")
 # At or below this many matching rows an exact scan (every matching vector, sorted) is both exact
 # and cheaper than the index; above it the HNSW index answers. Measured on 100,000 vectors (2 cores,
-# filters keeping 1-7 %, 30 queries each): p95 of the exact scan against the index path 6.5 / 83 ms at
-# 972 rows, 25.9 / 30.5 ms at 2,969, 35.7 / 21.1 ms at 4,008: they cross near 3,200. Under a filter
-# that keeps a fraction s of N vectors the index visits about k / s candidates to find k that match and
-# the exact scan reads s * N rows, so where they cross grows with the collection: as sqrt(N) if each
-# row cost the same at every size, more slowly as the exact scan's rows get dearer in a larger table.
-# At a million (16 cores) a 10,000-row filter took 68 / 88 ms (p50 / p95) by the exact scan and 41 /
-# 55 ms by the index: they cross near 7,800-7,900 rows. EXACT_SCAN_GROWTH fits both crossings.
-EXACT_SCAN_MAX_ROWS: Final = 3_200
+# filters keeping 1-4 %, 40 queries each, the index path as below): p95 of the exact scan against the
+# index path 7.2 / 65.1 ms at 972 rows, 18.5 / 26.7 at 1,978, 20.0 / 21.5 at 2,492, 25.7 / 16.2 at
+# 2,969: they cross near 2,500. Under a filter that keeps a fraction s of N vectors the index visits
+# about k / s candidates to find k that match and the exact scan reads s * N rows, so where they cross
+# grows with the collection: as sqrt(N) if each row cost the same at every size, more slowly as the
+# exact scan's rows get dearer in a larger table. At a million (16 cores, the index path then fetching
+# 30 rows for 10) a 10,000-row filter took 68 / 88 ms (p50 / p95) by the exact scan and 41 / 55 ms by
+# the index, crossing near 7,900 rows; with 20 rows fetched the index path costs about 0.6 of that
+# (measured at 100,000) and the crossing moves to about 6,100. EXACT_SCAN_GROWTH fits both ends.
+EXACT_SCAN_MAX_ROWS: Final = 2_500
 EXACT_SCAN_ROWS: Final = 100_000
 EXACT_SCAN_GROWTH: Final = 0.4
 # Below EXACT_SCAN_ROWS it shrinks the same way, to no fewer rows than this: reading 1,000 vectors
@@ -94,9 +96,13 @@ AUTO_EF_GROWTH: Final = 0.8
 # At least this many candidates per row fetched: with k = 100 an ef_search of 101 finds noticeably
 # fewer of the true 100 nearest than twice that.
 EF_PER_ROW: Final = 2
-# relaxed_order returns rows slightly out of order: the index path fetches this many more than it
-# returns (at least as many again as asked), so the re-sort can put late arrivals in their place.
-INDEX_SLACK_ROWS: Final = 20
+# relaxed_order returns rows slightly out of order: under a filter the index path fetches this many more
+# than it returns (at least as many again as asked), so the re-sort can put late arrivals in their place.
+# Each row fetched under a filter keeping a fraction s costs about 1 / s candidates visited: on 100,000
+# vectors (2 cores, k = 10) fetching 20 rows instead of 30 took p95 from 33.7 to 17.5 ms at 3.5 % and
+# from 89.6 to 57.1 ms at 1 %, recall 1.000 both ways at 3.5 % and 10 %, 0.995 -> 0.985 at 1 % (where
+# the exact scan answers anyway unless forced).
+INDEX_SLACK_ROWS: Final = 10
 
 
 def auto_ef_search(rows: int | None) -> int:
@@ -109,7 +115,7 @@ def auto_ef_search(rows: int | None) -> int:
 def exact_scan_threshold(rows: int | None) -> int:
     """The most matching rows an ``auto`` search reads with the exact scan, in a collection of ``rows``
     vectors: EXACT_SCAN_MAX_ROWS at EXACT_SCAN_ROWS (and when the size is not known), elsewhere in
-    proportion to the collection's size to the power EXACT_SCAN_GROWTH (8,039 at a million), never
+    proportion to the collection's size to the power EXACT_SCAN_GROWTH (6,280 at a million), never
     below EXACT_SCAN_MIN_ROWS."""
     if rows is None:
         return EXACT_SCAN_MAX_ROWS
