@@ -279,7 +279,8 @@ class VectorSearch:
         Not known yet, it is learnt in the cheapest way that can tell:
         - A filter the planner expects to match ESTIMATE_TRUSTED times the threshold or more goes to
           the index uncounted (one EXPLAIN, no rows read): only an estimate off by that factor would
-          have chosen the exact scan.
+          have chosen the exact scan. Without a filter, the same holds for the rows the model's index
+          held when PostgreSQL last counted them.
         - Otherwise the exact scan runs, reading no more than the threshold's rows plus one, and says
           how many it read: at or below the threshold that is the answer, found in one statement
           (counting first, then scanning, read the same rows twice: a join per row each time); above
@@ -299,7 +300,12 @@ class VectorSearch:
                 return ("exact" if known[0] <= threshold else "index"), None
         answered: list[Hit] | None = None
         count = -1
-        if _narrows(counted) and not self.db.is_citus():  # Citus's coordinator plans no row counts
+        if not _narrows(counted):
+            # Without a filter, the rows the model's index holds (None on Citus, or never counted).
+            indexed = self._indexed_rows(model)
+            if indexed is not None and indexed >= ESTIMATE_TRUSTED * (threshold + 1):
+                count = indexed
+        elif not self.db.is_citus():  # Citus's coordinator plans no row counts
             planned = self.planned_matching(model, counted)
             if planned >= ESTIMATE_TRUSTED * (threshold + 1):
                 count = planned

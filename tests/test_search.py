@@ -669,6 +669,25 @@ class TestTheIndex:
         vectors.forget_counts()
 
     @pytest.mark.single_node
+    def test_an_unfiltered_search_of_a_large_index_reads_no_rows_to_decide(
+        self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The index holds 3,000 vectors, three times the threshold here: the first search goes to the
+        index without scanning (PostgreSQL counted the index's rows when it was analysed)."""
+        vectors = corpus.store.vectors
+        scans: list[int | None] = []
+        scan = vectors._exact_scan
+        monkeypatch.setattr(vectors, "_exact_scan", lambda *a, **kw: scans.append(kw.get("cap")) or scan(*a, **kw))
+        vectors.forget_counts()
+        found = vectors.search(MODEL, corpus.queries[2], 10)
+        assert found.strategy == "index" and len(found.hits) == 10 and scans == []
+        monkeypatch.setattr(vectors, "exact_scan_max_rows", 2_000)  # 3,000 is no longer twice the threshold
+        vectors.forget_counts()
+        found = vectors.search(MODEL, corpus.queries[2], 10)
+        assert found.strategy == "index" and scans == [2_001]  # the scan decided, and read past 2,000
+        vectors.forget_counts()
+
+    @pytest.mark.single_node
     def test_a_filter_just_above_the_threshold_is_decided_by_a_scan_that_stops_past_it(
         self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
     ) -> None:
