@@ -118,8 +118,18 @@ class Path:
     counts: list[int] = field(default_factory=list)
 
 
+# Unmeasured runs of each path before its measured ones: psycopg has PostgreSQL plan a statement the
+# first 5 times a connection runs it and prepares it after, and the search pool has several connections,
+# so a path's first few dozen queries measure planning, not the steady state the app runs in.
+WARMUP_QUERIES = 30
+
+
 def measure(paths: list[Path], exact: list[list[int]], queries: int) -> None:
-    """Run every path on every query, interleaved, rotating which path goes first."""
+    """Run every path on every query, interleaved, rotating which path goes first, after WARMUP_QUERIES
+    unmeasured runs of each (the same queries)."""
+    for q in range(min(queries, WARMUP_QUERIES)):
+        for path in paths:
+            path.run(q)
     for q in range(queries):
         order = paths[q % len(paths) :] + paths[: q % len(paths)]
         for path in order:
