@@ -526,21 +526,16 @@ def more_recall(b: Bench, nq: int) -> dict[str, Any]:
     recall by a point per query."""
     log(f"[{b.kind}] recall at the default settings over {nq} queries")
     qv = data.queries(nq, kind=b.kind, sample=1)
-    exact = [{int(b.ids[i]) for i in top} for top in exact_top(b.vectors, qv, K)]
+    exact = [[int(b.ids[i]) for i in top] for top in exact_top(b.vectors, qv, K)]
     store = b.store()
-    recalls, seconds = [], []
-    for q in range(nq):
-        with Stopwatch() as t:
-            found = store.vectors.search(b.model, qv[q], K)
-        seconds.append(t.seconds)
-        recalls.append(len(exact[q] & {h.id for h in found.hits}) / K)
+    path = Path("Store.search", lambda q: [h.id for h in store.vectors.search(b.model, qv[q], K).hits])
+    measure([path], exact, nq)
     out = {
         "queries": nq,
         "ef_search": store.vectors.effective_ef_search(b.model, K),
-        "recall": float(np.mean(recalls)),
-        "queries_with_none_of_their_ten": sum(1 for r in recalls if r == 0),
-        "queries_below_0_5": sum(1 for r in recalls if r < 0.5),
-        **summary_ms(seconds),
+        **as_json(path),
+        "queries_with_none_of_their_ten": sum(1 for r in path.recalls if r == 0),
+        "queries_below_0_5": sum(1 for r in path.recalls if r < 0.5),
     }
     table(
         f"Recall@{K} of Store.search at the default settings (ef_search {out['ef_search']}), {nq} other queries",

@@ -319,10 +319,6 @@ class MigrationReport:
     applied: tuple[str, ...]
 
 
-def is_citus(conn: psycopg.Connection[Any]) -> bool:
-    return citus_installed(conn)
-
-
 def schema_version(conn: psycopg.Connection[Any]) -> int:
     """The schema's version: 0 for an empty database, 1 for one made before migrations existed."""
     if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() != (None,):
@@ -340,7 +336,7 @@ def migrate(conn: psycopg.Connection[Any], *, say: Callable[[str], None] = log.i
     with translate_errors("migrating the schema"):
         conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
         try:
-            citus = is_citus(conn)
+            citus = citus_installed(conn)
             _create_vector_extension(conn)
             before = schema_version(conn)
             applied: list[str] = []
