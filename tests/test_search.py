@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -49,6 +50,7 @@ from shared.vectorsearch import (
     EXACT_SCAN_MAX_ROWS,
     EXACT_SCAN_MIN_ROWS,
     After,
+    Hit,
     SearchFilters,
     auto_ef_search,
     exact_scan_threshold,
@@ -458,25 +460,35 @@ def corpus(pool: ConnectionPool) -> Iterator[Corpus]:
 
 
 class TestTheIndex:
-    def test_the_rows_a_filter_matches_are_read_with_a_plan_made_for_the_filters_values(
+    @pytest.mark.single_node  # Citus plans a distributed statement each time it runs
+    def test_the_exact_scan_keeps_a_plan_that_reads_only_the_rows_the_prefix_matches(
         self, corpus: Corpus, pool: ConnectionPool
     ) -> None:
-        """psycopg prepares a statement run 5 times on a connection, and PostgreSQL may then keep a
-        generic plan made without the filter's values (for ``name LIKE $1`` one that cannot use the
-        prefix index). The exact scan, which reads the matching rows (all of them, or as many as decide
-        the strategy), is never prepared."""
+        """The exact scan is a prepared statement: PostgreSQL plans it a few times with the filter's
+        values, then keeps a generic plan made without them. The prefix is a range of names, which that
+        plan still reads through the (container, name) index: it must not read the container's rows."""
         vectors = corpus.store.vectors
-        filters = SearchFilters(prefix="img-000")
-        for q in range(5 * pool.max_size + 5):
+        filters = SearchFilters(container="images", prefix="img-000")
+        for q in range(10 * pool.max_size + 5):
             query = corpus.queries[q % len(corpus.queries)]
             found = vectors.search(MODEL, query, 10, filters=filters, strategy="exact")
-            assert len(found.hits) == 10
+            assert len(found.hits) == 10 and all(h.name.startswith("img-000") for h in found.hits)
             vectors.forget_counts()
             assert vectors.search(MODEL, query, 10, filters=filters).strategy == "exact"  # 100 rows, decided by a scan
         with contextlib.ExitStack() as held:
             conns = [held.enter_context(pool.connection()) for _ in range(pool.max_size)]
-            prepared = [r[0] for c in conns for r in c.execute("SELECT statement FROM pg_prepared_statements")]
-        assert not [s for s in prepared if "LIKE" in s], prepared
+            prepared = [
+                r
+                for c in conns
+                for r in c.execute(
+                    "SELECT statement, generic_plans FROM pg_prepared_statements WHERE statement LIKE '%%~>=~%%'"
+                )
+            ]
+            assert [g for _, g in prepared if g > 0], prepared  # the kept plan is in use
+            for text, _ in prepared:
+                plan = "\n".join(r[0] for r in conns[0].execute(f"EXPLAIN (GENERIC_PLAN, COSTS OFF) {text}"))
+                assert "Index Cond: ((container = $" in plan and "(name ~>=~ $" in plan, plan
+                assert "Seq Scan on images" not in plan, plan
 
     def test_top_10_agrees_with_an_exact_ranking(self, corpus: Corpus) -> None:
         recalls = []
@@ -639,33 +651,40 @@ class TestTheIndex:
             (t / n for t, n in zip(thresholds, sizes, strict=True)), reverse=True
         )  # a smaller share of a larger collection
 
-    @pytest.mark.single_node
-    def test_a_filter_the_planner_expects_to_match_far_more_than_the_threshold_reads_no_rows_to_decide(
+    def test_a_filter_is_decided_by_counting_from_its_index_and_a_small_one_answered_in_the_same_statement(
         self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Reading thousands of matching rows to learn that there are thousands costs more than the
-        search: when the planner's estimate is far above the exact-scan threshold the index answers
-        straight away; near or below it, one exact scan that stops after the threshold decides, and
-        answers when it read every matching row."""
+        search: one statement counts the images that may match, from the filter's index and no further
+        than the exact-scan threshold, and reads their vectors only when there are no more. Above the
+        threshold it returns no rows and the index answers; below, its rows are the answer."""
         vectors = corpus.store.vectors
         monkeypatch.setattr(vectors, "exact_scan_max_rows", 100)  # as if the collection were large
-        scans: list[tuple[tuple[str, ...], int | None]] = []
+        scans: list[tuple[tuple[str, ...], int | None, int, int]] = []
         scan = vectors._exact_scan
-        monkeypatch.setattr(
-            vectors, "_exact_scan", lambda *a, **kw: scans.append((a[3].content_types, kw.get("cap"))) or scan(*a, **kw)
-        )
+
+        def recorded(*a: Any, **kw: Any) -> tuple[list[Hit], int]:
+            hits, count = scan(*a, **kw)
+            scans.append((a[3].content_types, kw.get("cap"), len(hits), count))
+            return hits, count
+
+        monkeypatch.setattr(vectors, "_exact_scan", recorded)
         vectors.forget_counts()
         q = corpus.queries[4]
         gif = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/gif",)))  # 300 rows
         png = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/png",)))  # 30 rows
         assert (gif.strategy, png.strategy) == ("index", "exact")
-        assert scans == [(("image/png",), 101)]  # one scan for the small filter, and it was the answer
+        assert scans == [
+            (("image/gif",), 101, 0, 101),  # counted past the threshold, read no vector
+            (("image/png",), 101, 10, 30),  # counted 30, and its rows were the answer
+        ]
+        assert len(gif.hits) == 10 and {h.content_type for h in gif.hits} == {"image/gif"}
         mask = corpus.types == "image/png"
         assert corpus.recall(q, [h.id for h in png.hits], mask) == 1.0
         # The same filter again within FILTERED_COUNT_SECONDS: what was learnt decides.
         again = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/png",)))
         assert again.strategy == "exact" and [h.id for h in again.hits] == [h.id for h in png.hits]
-        assert len(scans) == 2 and scans[1][1] is None
+        assert len(scans) == 3 and scans[2][1] is None
         vectors.forget_counts()
 
     @pytest.mark.single_node
@@ -685,22 +704,6 @@ class TestTheIndex:
         vectors.forget_counts()
         found = vectors.search(MODEL, corpus.queries[2], 10)
         assert found.strategy == "index" and scans == [2_001]  # the scan decided, and read past 2,000
-        vectors.forget_counts()
-
-    @pytest.mark.single_node
-    def test_a_filter_just_above_the_threshold_is_decided_by_a_scan_that_stops_past_it(
-        self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """300 rows against a threshold of 200: the planner's estimate is too close to trust, the scan
-        that decides stops after 201 rows, and the index answers, with rows that all match."""
-        vectors = corpus.store.vectors
-        monkeypatch.setattr(vectors, "exact_scan_max_rows", 200)
-        vectors.forget_counts()
-        filters = SearchFilters(content_types=("image/gif",))
-        assert vectors.planned_matching(MODEL, filters) < 2 * 201
-        found = vectors.search(MODEL, corpus.queries[1], 10, filters=filters)
-        assert found.strategy == "index" and len(found.hits) == 10
-        assert {h.content_type for h in found.hits} == {"image/gif"}
         vectors.forget_counts()
 
     @pytest.mark.single_node

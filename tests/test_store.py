@@ -19,6 +19,7 @@ from shared.errors import InvalidInput
 from shared.registry import Model
 from shared.schema import LATEST_VERSION, migrate
 from shared.store import Store
+from shared.vectorsearch import SearchFilters, prefix_end
 
 MODEL = "test-model:1"
 DIM = 1024
@@ -285,3 +286,36 @@ def test_vectors_of_another_model_are_never_returned(store: Store) -> None:
     put(store, record("mine.png", b"m"), {MODEL: v[0]})
     put(store, record("theirs.png", b"t"), {"other:2": v[1]})
     assert [h.name for h in store.vectors.nearest(active, v[1], 10)] == ["mine.png"]
+
+
+@pytest.mark.parametrize("strategy", ["auto", "exact", "index"])
+def test_a_prefix_matches_exactly_the_names_that_start_with_it(store: Store, strategy: str) -> None:
+    """The prefix filter is a range of names in byte order: it must keep every name that starts with the
+    prefix, whatever follows (the largest character too), and nothing beside it."""
+    model = store.registry.ensure_model(MODEL, DIM)
+    names = [
+        "ab", "ab/1.png", "ab0.png", "abz.png", "ab\U0010ffff.png", "ab%_.png",  # start with "ab"
+        "a.png", "aa.png", "ac.png", "b.png", "AB.png", "a\U0010ffff.png",  # do not
+        "é/1.png", "éa.png", "ê.png", "e.png", "\ud7ff.png", "\ue000.png",
+    ]  # fmt: skip
+    v = unit(np.random.default_rng(11), len(names))
+    for i, name in enumerate(names):
+        put(store, record(name, name.encode()), {MODEL: v[i]})
+
+    def found(prefix: str) -> set[str]:
+        hits = store.vectors.search(
+            model, v[0], 50, filters=SearchFilters(container="images", prefix=prefix), strategy=strategy
+        ).hits
+        return {h.name for h in hits}
+
+    for prefix in ["ab", "a", "a\U0010ffff", "é", "\ud7ff", "ab%", "ab%_", "\U0010ffff"]:
+        assert found(prefix) == {n for n in names if n.startswith(prefix)}, prefix
+
+
+def test_prefix_end_is_the_least_string_above_every_name_with_the_prefix() -> None:
+    assert prefix_end("ab") == "ac"
+    assert prefix_end("p00/") == "p000"
+    assert prefix_end("a\U0010ffff") == "b"
+    assert prefix_end("\ud7ff") == "\ue000"  # the surrogates are skipped: no string holds one
+    assert prefix_end("\U0010ffff\U0010ffff") is None  # nothing is above every such name
+    assert prefix_end("é") == "ê"
