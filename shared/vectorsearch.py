@@ -102,13 +102,15 @@ AUTO_EF_GROWTH: Final = 0.8
 # At least this many candidates per row fetched: with k = 100 an ef_search of 101 finds noticeably
 # fewer of the true 100 nearest than twice that.
 EF_PER_ROW: Final = 2
-# relaxed_order returns rows slightly out of order: under a filter the index path fetches this many more
-# than it returns (at least as many again as asked), so the re-sort can put late arrivals in their place.
-# Each row fetched under a filter keeping a fraction s costs about 1 / s candidates visited: on 100,000
-# vectors (2 cores, k = 10) fetching 20 rows instead of 30 took p95 from 33.7 to 17.5 ms at 3.5 % and
-# from 89.6 to 57.1 ms at 1 %, recall 1.000 both ways at 3.5 % and 10 %, 0.995 -> 0.985 at 1 % (where
-# the exact scan answers anyway unless forced).
-INDEX_SLACK_ROWS: Final = 10
+# relaxed_order returns rows slightly out of order: under a filter the index path fetches more than it
+# returns, half as many again and at least INDEX_SLACK_ROWS more, so the re-sort can put late arrivals in
+# their place. Each row fetched under a filter keeping a fraction s costs about 1 / s candidates visited.
+# On 100,000 vectors (2 cores, k = 10) fetching 20 rows instead of 30 took p95 from 33.7 to 17.5 ms at
+# 3.5 % and from 89.6 to 57.1 ms at 1 %. Then 15 instead of 20 (p50 / p95, recall@10): a million, a 1 %
+# prefix (the index path's, 10,000 rows) 26.9 / 33.9 ms -> 22.7 / 28.6 ms, recall 0.998 both; 100,000, a
+# 10 % prefix 2.7 / 3.4 -> 2.3 / 3.0 ms, recall 1.000 both; 100,000, 1 % forced onto the index (the exact
+# scan answers it unless forced) recall 0.981 -> 0.969.
+INDEX_SLACK_ROWS: Final = 5
 
 
 def auto_ef_search(rows: int | None) -> int:
@@ -254,7 +256,7 @@ class VectorSearch:
             if rows is not None:
                 return Nearest([h for h in rows if max_distance is None or h.distance <= max_distance], "index")
             chosen = "index+exact"
-        return Nearest(self._exact_scan(model, query, limit, filters, after, max_distance)[0], chosen)
+        return Nearest(self._exact_scan(model, query, limit, filters, after, max_distance), chosen)
 
     def exact_threshold(self, model: Model) -> int:
         """The most matching rows the exact scan answers for (``exact_scan_max_rows`` when set, else by
@@ -314,7 +316,7 @@ class VectorSearch:
             if indexed is not None and indexed >= ESTIMATE_TRUSTED * (threshold + 1):
                 count = indexed
         if count < 0:
-            hits, count = self._exact_scan(model, query, limit, filters, after, max_distance, cap=threshold + 1)
+            hits, count = self._counted_scan(model, query, limit, filters, after, max_distance, threshold + 1)
             if count <= threshold:
                 answered = hits
         self._remember_count(key, count, now)
@@ -357,7 +359,7 @@ class VectorSearch:
         # candidates in order: one row beyond the limit shows whether the last one ties with the next.
         # Under a filter, relaxed_order's late arrivals need the slack.
         narrowed = _narrows(filters) or after is not None
-        fetch = limit + (max(limit, INDEX_SLACK_ROWS) if narrowed else 1)
+        fetch = limit + (max(limit // 2, INDEX_SLACK_ROWS) if narrowed else 1)
         while True:
             rows = self._index_scan(model, query, fetch, filters, after, ef_search, forced=forced)
             if len(rows) < limit:
@@ -546,16 +548,39 @@ class VectorSearch:
         filters: SearchFilters,
         after: After | None,
         max_distance: float | None,
-        *,
-        cap: int | None = None,
-    ) -> tuple[list[Hit], int]:
-        """Every matching row's distance, sorted: the first ``limit`` after ``after`` within
-        ``max_distance``, and how many rows matched the filters.
+    ) -> list[Hit]:
+        """Every matching row's distance, sorted: the first ``limit`` after ``after`` within ``max_distance``."""
+        return [_hit(row) for row in self._run_exact(model, query, limit, filters, after, max_distance, None)]
 
-        With ``cap`` it first counts, from the filter's index and no more than ``cap``, the images that
-        may match (never fewer than the matching vectors, for a fraction of a row's cost in the exact
-        scan's join), and reads the vectors only when fewer than ``cap`` may match: its hits are then the
-        answer. At ``cap`` it returns no hits, and the count ``cap``. Either way one statement."""
+    def _counted_scan(
+        self,
+        model: Model,
+        query: Vector,
+        limit: int,
+        filters: SearchFilters,
+        after: After | None,
+        max_distance: float | None,
+        cap: int,
+    ) -> tuple[list[Hit], int]:
+        """The exact scan if fewer than ``cap`` images may match, and how many may (at most ``cap``).
+
+        It counts, from the filter's index and no more than ``cap``, the images that may match (never
+        fewer than the matching vectors, for a fraction of a row's cost in the exact scan's join), and
+        reads the vectors only when fewer than ``cap`` may match: its hits are then the answer. At
+        ``cap`` it returns no hits. Either way one statement."""
+        rows = self._run_exact(model, query, limit, filters, after, max_distance, cap)
+        return [_hit(row[:-1]) for row in rows if row[0] is not None], int(rows[0][-1])
+
+    def _run_exact(
+        self,
+        model: Model,
+        query: Vector,
+        limit: int,
+        filters: SearchFilters,
+        after: After | None,
+        max_distance: float | None,
+        cap: int | None,
+    ) -> list[Any]:
         text, params = self._exact_sql(model, filters, after, max_distance, cap)
         params.update(q=PgVector(query), limit=limit)
         citus = self.db.is_citus()
@@ -571,9 +596,7 @@ class VectorSearch:
                 raise
 
         with translate_errors("searching"):
-            rows = self.db.read(scan)
-        matched = int(rows[0][-1]) if rows else 0
-        return [_hit(row[:-1]) for row in rows if row[0] is not None], matched
+            return self.db.read(scan)
 
     def _exact_sql(
         self, model: Model, filters: SearchFilters, after: After | None, max_distance: float | None, cap: int | None
@@ -596,44 +619,32 @@ class VectorSearch:
         text = self._statements.get(key)
         if text is not None:
             return text, params
-        outer = [sql.SQL("TRUE")]
+        # The distance of the column as stored, which no index orders by (the models' indexes are over
+        # casts of it), so the ORDER BY is a sort of the matching rows' distances, never an index scan.
+        distance = sql.SQL("v.embedding <=> %(q)s::vector({})").format(sql.Literal(model.dimension))
+        conditions: list[sql.Composable] = [where]
         if after is not None:
-            outer.append(sql.SQL("(distance, id) > (%(after_distance)s::float8, %(after_id)s::bigint)"))
+            conditions.append(
+                sql.SQL("({}, i.id) > (%(after_distance)s::float8, %(after_id)s::bigint)").format(distance)
+            )
         if max_distance is not None:
-            outer.append(sql.SQL("distance <= %(max_distance)s::float8"))
-        counted: sql.Composable = sql.SQL("")
-        gate: sql.Composable = sql.SQL("")
-        if cap is None:
-            count = sql.SQL("(SELECT count(*) AS matched FROM matching) AS counted")
-        else:
-            images, _ = _image_conditions(filters, bound=True)
-            counted = sql.SQL(
-                "counted AS MATERIALIZED (SELECT count(*) AS matched"
-                " FROM (SELECT 1 FROM images i WHERE {} LIMIT {}) AS c), "
-            ).format(images, sql.Literal(int(cap)))
+            conditions.append(sql.SQL("{} <= %(max_distance)s::float8").format(distance))
+        if cap is not None:
             # An uncorrelated condition: PostgreSQL tests it once, before reading any row of the join.
-            gate = sql.SQL(" AND (SELECT matched FROM counted) < {}").format(sql.Literal(int(cap)))
-            count = sql.SQL("counted")
-        # MATERIALIZED: the ORDER BY below cannot reach into the CTE, so no index scan is planned. The
-        # count comes in the same statement, on every row and on a row of NULLs when none is left to show.
-        stmt = sql.SQL(
-            "WITH {counted}matching AS MATERIALIZED ("
-            " SELECT {columns}, v.embedding::vector({dim}) <=> %(q)s::vector({dim}) AS distance"
-            " FROM image_vectors v JOIN images i ON i.id = v.image_id WHERE {where}{gate}"
-            "), shown AS ("
-            " SELECT {names}, distance FROM matching WHERE {outer} ORDER BY distance, id LIMIT %(limit)s"
-            ") SELECT shown.*, counted.matched FROM {count}"
-            " LEFT JOIN shown ON TRUE ORDER BY shown.distance, shown.id"
-        ).format(
-            counted=counted,
-            columns=_HIT_COLUMNS,
-            names=_HIT_NAMES,
-            dim=sql.Literal(model.dimension),
-            where=where,
-            gate=gate,
-            outer=sql.SQL(" AND ").join(outer),
-            count=count,
-        )
+            conditions.append(sql.SQL("(SELECT matched FROM counted) < {}").format(sql.Literal(int(cap))))
+        stmt: sql.Composable = sql.SQL(
+            "SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id"
+            " WHERE {conditions} ORDER BY distance, i.id LIMIT %(limit)s"
+        ).format(columns=_HIT_COLUMNS, distance=distance, conditions=sql.SQL(" AND ").join(conditions))
+        if cap is not None:
+            images, _ = _image_conditions(filters, bound=True)
+            # The count comes on every row, and on a row of NULLs when none is left to show.
+            stmt = sql.SQL(
+                "WITH counted AS MATERIALIZED (SELECT count(*) AS matched"
+                " FROM (SELECT 1 FROM images i WHERE {images} LIMIT {cap}) AS c), shown AS ({shown})"
+                " SELECT shown.*, counted.matched FROM counted LEFT JOIN shown ON TRUE"
+                " ORDER BY shown.distance, shown.id"
+            ).format(images=images, cap=sql.Literal(int(cap)), shown=stmt)
         text = stmt.as_string(None)
         if len(self._statements) >= MAX_REMEMBERED_STATEMENTS:
             self._statements.clear()

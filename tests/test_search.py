@@ -660,15 +660,21 @@ class TestTheIndex:
         threshold it returns no rows and the index answers; below, its rows are the answer."""
         vectors = corpus.store.vectors
         monkeypatch.setattr(vectors, "exact_scan_max_rows", 100)  # as if the collection were large
-        scans: list[tuple[tuple[str, ...], int | None, int, int]] = []
-        scan = vectors._exact_scan
+        scans: list[tuple[tuple[str, ...], int | None, int, int | None]] = []
+        counted, exact = vectors._counted_scan, vectors._exact_scan
 
-        def recorded(*a: Any, **kw: Any) -> tuple[list[Hit], int]:
-            hits, count = scan(*a, **kw)
-            scans.append((a[3].content_types, kw.get("cap"), len(hits), count))
+        def recorded(*a: Any) -> tuple[list[Hit], int]:
+            hits, count = counted(*a)
+            scans.append((a[3].content_types, a[6], len(hits), count))
             return hits, count
 
-        monkeypatch.setattr(vectors, "_exact_scan", recorded)
+        def recorded_exact(*a: Any) -> list[Hit]:
+            hits = exact(*a)
+            scans.append((a[3].content_types, None, len(hits), None))
+            return hits
+
+        monkeypatch.setattr(vectors, "_counted_scan", recorded)
+        monkeypatch.setattr(vectors, "_exact_scan", recorded_exact)
         vectors.forget_counts()
         q = corpus.queries[4]
         gif = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/gif",)))  # 300 rows
@@ -695,8 +701,8 @@ class TestTheIndex:
         index without scanning (PostgreSQL counted the index's rows when it was analysed)."""
         vectors = corpus.store.vectors
         scans: list[int | None] = []
-        scan = vectors._exact_scan
-        monkeypatch.setattr(vectors, "_exact_scan", lambda *a, **kw: scans.append(kw.get("cap")) or scan(*a, **kw))
+        scan = vectors._counted_scan
+        monkeypatch.setattr(vectors, "_counted_scan", lambda *a: scans.append(a[6]) or scan(*a))
         vectors.forget_counts()
         found = vectors.search(MODEL, corpus.queries[2], 10)
         assert found.strategy == "index" and len(found.hits) == 10 and scans == []
