@@ -202,9 +202,9 @@ class VectorSearch:
 
     # Filtered search under HNSW. An HNSW scan applies WHERE clauses to the candidates it found, so
     # with a selective filter it returns fewer than k rows although more match. The strategy:
-    # 1. Count the matching rows, stopping past the threshold (see _choose). At or below it an
-    #    exact scan is cheap and exact: the filtered rows in a MATERIALIZED CTE (so the planner cannot
-    #    hand the ORDER BY to the index), sorted by (distance, id).
+    # 1. Count the images that may match, stopping past the threshold (see _choose). At or below it
+    #    an exact scan is cheap and exact: every matching row's distance to the query, sorted by
+    #    (distance, id), a distance no index orders by (so the planner cannot hand the ORDER BY to one).
     # 2. Above it, the index with pgvector 0.8's iterative scan in relaxed_order: the scan continues
     #    past ef_search until enough rows pass the filter (or HNSW_MAX_SCAN_TUPLES were visited).
     #    relaxed_order because it finds more of the true neighbours under a filter than strict_order
@@ -744,7 +744,6 @@ def _distance(model: Model, precision: str) -> sql.Composed:
 
 # What a result shows, and nothing more: every column is read and converted for each row fetched.
 _HIT_COLUMNS: Final = sql.SQL("i.id, i.name, i.content_type, i.width, i.height, i.byte_size, i.thumbnail")
-_HIT_NAMES: Final = sql.SQL("id, name, content_type, width, height, byte_size, thumbnail")
 
 
 def _hit(row: Sequence[Any]) -> Hit:
@@ -824,9 +823,10 @@ def _image_conditions(filters: SearchFilters, *, bound: bool = False) -> tuple[s
 
 
 def prefix_end(prefix: str) -> str | None:
-    """The least string above every string that starts with ``prefix``, in the order of ``~<~`` (the
-    bytes of UTF-8, which is the order of code points); None when there is none (a prefix of nothing
-    but the largest character). Every name starting with ``prefix`` lies in [prefix, prefix_end)."""
+    """The least string above every string that starts with ``prefix``, in the order of ``~<~`` (byte
+    by byte: in a UTF-8 database, as Azure Database for PostgreSQL's are, the order of code points);
+    None when there is none (a prefix of nothing but the largest character). Every name starting with
+    ``prefix`` lies in [prefix, prefix_end)."""
     chars = list(prefix)
     while chars:
         after = ord(chars.pop()) + 1
