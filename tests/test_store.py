@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -319,3 +320,28 @@ def test_prefix_end_is_the_least_string_above_every_name_with_the_prefix() -> No
     assert prefix_end("\ud7ff") == "\ue000"  # the surrogates are skipped: no string holds one
     assert prefix_end("\U0010ffff\U0010ffff") is None  # nothing is above every such name
     assert prefix_end("é") == "ê"
+
+
+def test_an_unfiltered_search_returns_k_rows_when_the_nearest_vectors_are_in_another_container(store: Store) -> None:
+    """Without a filter the index is scanned without iterative scan: its first ef_search candidates.
+    When the join leaves fewer than k of them (the nearest images are in another container), the exact
+    scan answers, and the search still returns k images of its own container."""
+    model = store.registry.ensure_model(MODEL, DIM)
+    rng = np.random.default_rng(12)
+    query = unit(rng, 1)[0]
+    near = query + 0.05 * unit(rng, 120)  # 120 images in another container, all nearer than any of ours
+    for i, v in enumerate(near):
+        rec = dataclasses.replace(record(f"near/{i}.png", f"n{i}".encode()), container="elsewhere")
+        put(store, rec, {MODEL: v / np.linalg.norm(v)})
+    ours = unit(rng, 12)
+    for i, v in enumerate(ours):
+        put(store, record(f"ours/{i}.png", f"o{i}".encode()), {MODEL: v})
+    store.vectors.exact_scan_max_rows = 5  # as if the collection were large: the index path answers first
+    try:
+        found = store.vectors.search(model, query, 10, filters=SearchFilters(container="images"), ef_search=40)
+    finally:
+        del store.vectors.exact_scan_max_rows
+    assert len(found.hits) == 10 and {h.name.split("/")[0] for h in found.hits} == {"ours"}
+    assert found.strategy == "index+exact"
+    distances = [1 - float(np.dot(query, ours[int(h.name.split("/")[1][:-4])])) for h in found.hits]
+    assert [h.distance for h in found.hits] == pytest.approx(sorted(distances)[:10], abs=1e-4)
