@@ -712,7 +712,7 @@ class TestTheIndex:
         monkeypatch.setattr(vectors, "exact_scan_max_rows", 2_000)  # 3,000 is no longer twice the threshold
         vectors.forget_counts()
         found = vectors.search(MODEL, corpus.queries[2], 10)
-        assert found.strategy == "index" and scans == [2_001]  # the scan decided, and read past 2,000
+        assert found.strategy == "index" and scans == [2_001]  # a count decided, and stopped past 2,000
         vectors.forget_counts()
 
     @pytest.mark.single_node
