@@ -558,8 +558,8 @@ def more_recall(b: Bench, nq: int) -> dict[str, Any]:
 
 
 def new_filter_path(b: Bench, filters: Filters) -> Path:
-    """Searcher.text as the first query with its filter: the store remembers a filter's count (or the
-    planner's estimate) for 30 s, which the same filter 200 times in a row would otherwise hide."""
+    """Searcher.text as the first query with its filter: the store remembers a filter's count for 30 s,
+    which the same filter 200 times in a row would otherwise hide."""
     store = b.store()
     searcher = b.searcher(store)
     options = Options(k=K, filters=filters)

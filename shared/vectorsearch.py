@@ -409,10 +409,7 @@ class VectorSearch:
                 where=where,
                 fetch=sql.Literal(int(fetch)),
             )
-            text = stmt.as_string(None)
-            if len(self._statements) >= MAX_REMEMBERED_STATEMENTS:
-                self._statements.clear()
-            self._statements[key] = text
+            text = self._remember_statement(key, stmt.as_string(None))
         return text, params
 
     def effective_ef_search(self, model: Model, limit: int, ef_search: int | None = None) -> int:
@@ -516,6 +513,29 @@ class VectorSearch:
         with _SESSIONS_LOCK:
             _SESSIONS[conn] = {**current, **changes}
 
+    def _on_session(
+        self,
+        conn: psycopg.Connection[Any],
+        values: dict[str, str],
+        stmt: str,
+        params: dict[str, Any],
+        *,
+        prepare: bool | None = None,
+    ) -> list[Any]:
+        """Run ``stmt`` on this pooled connection with its session holding ``values`` (single node)."""
+        try:
+            self._use_settings(conn, values)
+            return conn.execute(stmt, params, prepare=prepare).fetchall()
+        except BaseException:
+            _forget_session(conn)  # whatever failed, the next search sets everything again
+            raise
+
+    def _remember_statement(self, key: tuple[Any, ...], text: str) -> str:
+        if len(self._statements) >= MAX_REMEMBERED_STATEMENTS:
+            self._statements.clear()
+        self._statements[key] = text
+        return text
+
     def _index_scan(
         self,
         model: Model,
@@ -543,12 +563,7 @@ class VectorSearch:
                         self._apply_settings(conn, values)
                         found = conn.execute(stmt, params).fetchall()
                 return found
-            try:
-                self._use_settings(conn, values)
-                return conn.execute(stmt, params).fetchall()
-            except BaseException:
-                _forget_session(conn)
-                raise
+            return self._on_session(conn, values, stmt, params)
 
         self.db.is_citus()  # learnt before taking a connection: a pool of one must not wait on itself
         with translate_errors("searching"):
@@ -603,12 +618,7 @@ class VectorSearch:
         def scan(conn: psycopg.Connection[Any]) -> list[Any]:
             if citus:
                 return conn.execute(text, params, prepare=True).fetchall()
-            try:
-                self._use_settings(conn, SERIAL)
-                return conn.execute(text, params, prepare=True).fetchall()  # _PREPARED_SCANS
-            except BaseException:
-                _forget_session(conn)
-                raise
+            return self._on_session(conn, SERIAL, text, params, prepare=True)  # _PREPARED_SCANS
 
         with translate_errors("searching"):
             return self.db.read(scan)
@@ -660,11 +670,7 @@ class VectorSearch:
                 " SELECT shown.*, counted.matched FROM counted LEFT JOIN shown ON TRUE"
                 " ORDER BY shown.distance, shown.id"
             ).format(images=images, cap=sql.Literal(int(cap)), shown=stmt)
-        text = stmt.as_string(None)
-        if len(self._statements) >= MAX_REMEMBERED_STATEMENTS:
-            self._statements.clear()
-        self._statements[key] = text
-        return text, params
+        return self._remember_statement(key, stmt.as_string(None)), params
 
     def explain_nearest(
         self,
@@ -782,7 +788,7 @@ def _shape(filters: SearchFilters) -> tuple[bool, ...]:
     return (
         filters.container is not None,
         bool(filters.prefix),
-        bool(filters.prefix) and prefix_end(filters.prefix or "") is not None,
+        prefix_end(filters.prefix) is not None if filters.prefix else False,
         bool(filters.content_types),
         filters.uploaded_after is not None,
         filters.uploaded_before is not None,
