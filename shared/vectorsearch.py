@@ -36,13 +36,12 @@ MAX_REMEMBERED_STATEMENTS = 256
 # taken from the searches beside it. Only an exact scan a search falls back to over many rows (the index
 # found too few) could gain from them.
 SERIAL: Final = {"max_parallel_workers_per_gather": "0"}
-# _PREPARED_SCANS: the exact scan runs as a prepared statement. Its filters are all conditions an index
-# can use with parameters (a name prefix is a range, see _search_conditions), so the plan PostgreSQL
-# keeps reads the matching rows through the filter's index, and nothing is planned per search. Planned
-# per search, a filter the planner expects to match a couple of thousand rows got a parallel plan whose
-# worker start costs more than the scan: measured (100,000 images, a 1 % prefix, 2 cores), the exact
-# scan took 8.4 ms p50 planned each time (a parallel plan), 3.9 ms planned each time with parallel
-# workers off, 3.1 ms prepared.
+# _PLANNED_EACH_TIME: the exact scan is planned with its filter's values every time, never prepared. A
+# plan PostgreSQL keeps for a prepared statement is made without the values, and for a name range it
+# was seen to read every vector of the model and filter them in `images` afterwards: at a million, a
+# whole-table read. Planned each time, with parallel workers off (SERIAL): measured (100,000 images, a 1 %
+# prefix, 2 cores, one connection) 3.9 ms p50, against 8.4 ms for the parallel plan PostgreSQL picked
+# with workers allowed, and 3.1 ms for a prepared plan that read the name index (planning is the rest).
 
 
 @dataclass(frozen=True)
@@ -617,8 +616,8 @@ class VectorSearch:
 
         def scan(conn: psycopg.Connection[Any]) -> list[Any]:
             if citus:
-                return conn.execute(text, params, prepare=True).fetchall()
-            return self._on_session(conn, SERIAL, text, params, prepare=True)  # _PREPARED_SCANS
+                return conn.execute(text, params, prepare=False).fetchall()  # _PLANNED_EACH_TIME
+            return self._on_session(conn, SERIAL, text, params, prepare=False)
 
         with translate_errors("searching"):
             return self.db.read(scan)
@@ -626,7 +625,7 @@ class VectorSearch:
     def _exact_sql(
         self, model: Model, filters: SearchFilters, after: After | None, max_distance: float | None, cap: int | None
     ) -> tuple[str, dict[str, Any]]:
-        """The exact scan's statement (composed once per shape, as the index path's) and its parameters."""
+        """The exact scan's statement text (composed once per shape, as the index path's) and its parameters."""
         where, params = _search_conditions(model, filters)
         if after is not None:
             params.update(after_distance=after.distance, after_id=after.id)
