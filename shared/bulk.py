@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -164,19 +165,28 @@ def _copy_vectors(
     rows: Sequence[ImageRecord],
     matrix: npt.NDArray[np.float32],
 ) -> None:
-    with conn.cursor().copy(
-        "COPY image_vectors (image_id, model_id, sha256, embedding) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
+    with conn.cursor().copy(VECTOR_COPY) as copy:
+        names = [(r.container, r.name) for r in rows]
         copy.write(
-            _COPY_SIGNATURE + binary_vector_rows(ids, model_id, [r.sha256 for r in rows], matrix) + _COPY_TRAILER
+            _COPY_SIGNATURE + binary_vector_rows(ids, model_id, [r.sha256 for r in rows], matrix, names) + _COPY_TRAILER
         )
 
 
+VECTOR_COPY: Final = (
+    "COPY image_vectors (image_id, model_id, sha256, embedding, container, name) FROM STDIN (FORMAT BINARY)"
+)
+
+
 def binary_vector_rows(
-    ids: Sequence[int], model_id: str, digests: Sequence[bytes], matrix: npt.NDArray[np.float32]
+    ids: Sequence[int],
+    model_id: str,
+    digests: Sequence[bytes],
+    matrix: npt.NDArray[np.float32],
+    names: Sequence[tuple[str, str]],
 ) -> bytes:
-    """COPY BINARY rows (bigint, text, bytea, vector) built in one go with numpy instead of row by row,
-    without the COPY header and trailer.
+    """COPY BINARY rows (bigint, text, bytea, vector, text, text: VECTOR_COPY's columns) without the COPY
+    header and trailer: the fixed-size part of every row built in one go with numpy, the image's
+    container and name (``names``, one pair per row) appended to each.
 
     Each row is: field count, then per field its length and big-endian value; pgvector's binary
     vector is int16 dimension, int16 unused, then the float4 values.
@@ -198,10 +208,21 @@ def binary_vector_rows(
             ("vec", ">f4", (dim,)),
         ]
     )
+    if len(names) != count:
+        raise ValueError(f"give one (container, name) per vector: {count} vectors, {len(names)} names")
     rows = np.zeros(count, dtype=row)
-    rows["fields"], rows["id_len"], rows["sha_len"], rows["vec_len"], rows["dim"] = 4, 8, 32, 4 + 4 * dim, dim
+    rows["fields"], rows["id_len"], rows["sha_len"], rows["vec_len"], rows["dim"] = 6, 8, 32, 4 + 4 * dim, dim
     rows["model_len"], rows["model"] = len(model), model
     rows["id"] = np.asarray(ids, dtype=np.int64)
     rows["sha"] = np.frombuffer(b"".join(digests), dtype="V32")
     rows["vec"] = matrix
-    return rows.tobytes()
+    fixed = memoryview(rows.tobytes())
+    size = row.itemsize
+    parts: list[bytes | memoryview] = []
+    for n, (container, name) in enumerate(names):
+        box, label = container.encode(), name.encode()
+        parts += (fixed[n * size : (n + 1) * size], _LENGTH.pack(len(box)), box, _LENGTH.pack(len(label)), label)
+    return b"".join(parts)
+
+
+_LENGTH: Final = struct.Struct(">i")

@@ -281,12 +281,21 @@ class Catalogue:
             for model_id, vector in vectors.items():
                 conn.execute(
                     """
-                    INSERT INTO image_vectors (image_id, model_id, sha256, embedding, created_at)
-                    VALUES (%s, %s, %s, %s, %s)
+                    INSERT INTO image_vectors (image_id, model_id, sha256, embedding, created_at, container, name)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s)
                     ON CONFLICT (image_id, model_id) DO UPDATE
-                        SET sha256 = EXCLUDED.sha256, embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at
+                        SET sha256 = EXCLUDED.sha256, embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at,
+                            container = EXCLUDED.container, name = EXCLUDED.name
                     """,
-                    (iid, model_id, record.sha256, PgVector(np.asarray(vector, dtype=np.float32)), now),
+                    (
+                        iid,
+                        model_id,
+                        record.sha256,
+                        PgVector(np.asarray(vector, dtype=np.float32)),
+                        now,
+                        record.container,
+                        record.name,
+                    ),
                 )
         return iid
 

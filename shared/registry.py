@@ -271,10 +271,11 @@ class Registry:
 # The image's current bytes are the condition: the SELECT finds no row when they changed or the image
 # is gone, and nothing is written.
 _ADD_VECTOR: Final = """
-INSERT INTO image_vectors (image_id, model_id, sha256, embedding, created_at)
-SELECT id, %s, sha256, %s, %s FROM images WHERE id = %s AND sha256 = %s AND status = 'indexed'
+INSERT INTO image_vectors (image_id, model_id, sha256, embedding, created_at, container, name)
+SELECT id, %s, sha256, %s, %s, container, name FROM images WHERE id = %s AND sha256 = %s AND status = 'indexed'
 ON CONFLICT (image_id, model_id) DO UPDATE
-    SET sha256 = EXCLUDED.sha256, embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at
+    SET sha256 = EXCLUDED.sha256, embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at,
+        container = EXCLUDED.container, name = EXCLUDED.name
 RETURNING image_id
 """
 

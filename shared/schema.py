@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -55,18 +56,20 @@ class SchemaOutdated(AppError):
 
 # --- migrations ------------------------------------------------------------------------------------
 Step = Callable[[psycopg.Connection[Any], bool], None]
+AfterStep = Callable[[psycopg.Connection[Any], Callable[[str], None]], None]
 
 
 @dataclass(frozen=True)
 class Migration:
-    """One numbered change. ``steps`` run in one transaction; ``after`` (index builds) run one by one
-    outside it, ``CONCURRENTLY``, so a large table stays writable. Every step is safe to run again: a
-    migration interrupted half-way is finished by the next ``migrate``."""
+    """One numbered change. ``steps`` run in one transaction; ``after`` run one by one outside it, so a
+    large table stays writable: index builds (``CREATE INDEX CONCURRENTLY`` statements) and work done in
+    batches of short transactions (callables, told how to report progress). Every step is safe to run
+    again: a migration interrupted half-way is finished by the next ``migrate``."""
 
     version: int
     name: str
     steps: tuple[Step, ...]
-    after: tuple[str, ...] = ()
+    after: tuple[str | AfterStep, ...] = ()
 
 
 def _sql(statement: str, *, citus: bool | None = None) -> Step:
@@ -299,7 +302,79 @@ def _vectors_inline(conn: psycopg.Connection[Any], on_citus: bool) -> None:
 
 _V3 = Migration(3, "vectors stored in their rows", (_vectors_inline,))
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_V1, _V2, _V3)
+NAMING_BATCH_ROWS: Final = 5_000
+
+
+def _name_vectors(conn: psycopg.Connection[Any], say: Callable[[str], None]) -> None:
+    """Copy each image's container and name onto its vectors that have none (written before migration 4,
+    or by code older than it while this ran), in batches of NAMING_BATCH_ROWS by image id, each its own
+    transaction: the table stays writable, and an interrupted run goes on where it stopped.
+
+    Every row written is a new version of the row, so each batch also adds its rows to the HNSW indexes
+    again (about what inserting them cost) and leaves dead rows for autovacuum. Searches are right
+    throughout: they read a vector without a name through its image's row."""
+    if conn.execute("SELECT 1 FROM image_vectors WHERE name IS NULL LIMIT 1").fetchone() is None:
+        return
+    estimate = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'image_vectors'::regclass").fetchone()
+    total = int(estimate[0]) if estimate and estimate[0] and estimate[0] > 0 else None
+    about = f"about {total:,}" if total else "all"
+    say(f"naming the vectors: {about} rows, {NAMING_BATCH_ROWS:,} at a time")
+    last: int | None = None
+    seen = named = 0
+    started = time.monotonic()
+    while True:
+        after = sql.SQL("" if last is None else "WHERE image_id > %(last)s")
+        row = conn.execute(
+            sql.SQL(
+                "SELECT max(image_id), count(*) FROM "
+                "(SELECT image_id FROM image_vectors {} ORDER BY image_id LIMIT %(rows)s) AS b"
+            ).format(after),
+            {"last": last, "rows": NAMING_BATCH_ROWS},
+        ).fetchone()
+        if row is None or not row[1]:
+            break
+        upper, count = int(row[0]), int(row[1])
+        done = conn.execute(
+            sql.SQL(
+                "UPDATE image_vectors v SET container = i.container, name = i.name FROM images i "
+                "WHERE i.id = v.image_id AND v.name IS NULL AND v.image_id <= %(upper)s {}"
+            ).format(sql.SQL("" if last is None else "AND v.image_id > %(last)s")),
+            {"upper": upper, "last": last},
+        )
+        named += max(0, done.rowcount)
+        seen += count
+        last = upper
+        elapsed = time.monotonic() - started
+        share = f" ({min(100.0, 100.0 * seen / total):.0f} %)" if total else ""
+        say(f"  {seen:,} vectors looked at{share}, {named:,} named, {elapsed:.0f} s")
+    say(f"named {named:,} vectors in {time.monotonic() - started:.0f} s")
+
+
+# The image's container and name beside each vector (both immutable: the image id is their hash). A
+# search filtered by container and name prefix reads the matching vectors from their own index, without
+# joining every one to `images`: 100,000 images, a 1 % prefix, 2 cores, the exact scan 4.9 -> 1.6 ms
+# (mean); and the index path drops a candidate outside the prefix before joining it. Nullable: rows
+# written by older code (during a deployment) have none, and searches read those through `images`.
+_V4 = Migration(
+    4,
+    "image names beside their vectors",
+    (
+        _sql(
+            """
+            ALTER TABLE image_vectors ADD COLUMN IF NOT EXISTS container text;
+            ALTER TABLE image_vectors ADD COLUMN IF NOT EXISTS name text
+            """
+        ),
+    ),
+    after=(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS image_vectors_unnamed ON image_vectors (model_id) WHERE name IS NULL",
+        _name_vectors,
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS image_vectors_name ON image_vectors "
+        "(model_id, container, name text_pattern_ops)",
+    ),
+)
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_V1, _V2, _V3, _V4)
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
 _MIGRATIONS_TABLE: Final = """
@@ -352,8 +427,11 @@ def migrate(conn: psycopg.Connection[Any], *, say: Callable[[str], None] = log.i
                     conn.execute(_MIGRATIONS_TABLE)
                     for step in migration.steps:
                         step(conn, citus)
-                for statement in migration.after:
-                    _build_index(conn, statement)
+                for after in migration.after:
+                    if isinstance(after, str):
+                        _build_index(conn, after)
+                    else:
+                        after(conn, say)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s) ON CONFLICT (version) DO NOTHING",
                     (migration.version, migration.name),

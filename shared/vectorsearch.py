@@ -579,7 +579,10 @@ class VectorSearch:
         max_distance: float | None,
     ) -> list[Hit]:
         """Every matching row's distance, sorted: the first ``limit`` after ``after`` within ``max_distance``."""
-        return [_hit(row) for row in self._run_exact(model, query, limit, filters, after, max_distance, None)]
+        rows = self._run_exact(model, query, limit, filters, after, max_distance, None)
+        if not all(row[_OK] for row in rows):
+            rows = self._run_exact(model, query, limit, filters, after, max_distance, None, by_name=False)
+        return [_hit(row[:_OK]) for row in rows]
 
     def _counted_scan(
         self,
@@ -598,7 +601,11 @@ class VectorSearch:
         reads the vectors only when fewer than ``cap`` may match: its hits are then the answer. At
         ``cap`` it returns no hits. Either way one statement."""
         rows = self._run_exact(model, query, limit, filters, after, max_distance, cap)
-        return [_hit(row[:-1]) for row in rows if row[0] is not None], int(rows[0][-1])
+        count = int(rows[0][-1])
+        shown = [row for row in rows if row[0] is not None]
+        if count < cap and not all(row[_OK] for row in shown):
+            return self._exact_scan(model, query, limit, filters, after, max_distance), count
+        return [_hit(row[:_OK]) for row in shown], count
 
     def _run_exact(
         self,
@@ -609,8 +616,10 @@ class VectorSearch:
         after: After | None,
         max_distance: float | None,
         cap: int | None,
+        *,
+        by_name: bool = True,
     ) -> list[Any]:
-        text, params = self._exact_sql(model, filters, after, max_distance, cap)
+        text, params = self._exact_sql(model, filters, after, max_distance, cap, by_name and _by_name_only(filters))
         params.update(q=PgVector(query), limit=limit)
         citus = self.db.is_citus()
 
@@ -623,9 +632,23 @@ class VectorSearch:
             return self.db.read(scan)
 
     def _exact_sql(
-        self, model: Model, filters: SearchFilters, after: After | None, max_distance: float | None, cap: int | None
+        self,
+        model: Model,
+        filters: SearchFilters,
+        after: After | None,
+        max_distance: float | None,
+        cap: int | None,
+        by_name: bool,
     ) -> tuple[str, dict[str, Any]]:
-        """The exact scan's statement text (composed once per shape, as the index path's) and its parameters."""
+        """The exact scan's statement text (composed once per shape, as the index path's) and its parameters.
+
+        Its rows are a hit's columns, the distance, and whether the row surely matches (``ok``, column
+        _OK). ``by_name``: the filters are the container and name prefix alone (see _by_name_only), so the
+        matching vectors are read from their own (model, container, name) index, sorted, and only the
+        rows kept are joined to ``images``. A row ``images`` then rejects (a vector written without a
+        name that proves outside the filter, or an image no longer indexed) comes back not ``ok``, and
+        the caller asks again without ``by_name``: every matching row through the join, as for any
+        other filter."""
         where, params = _search_conditions(model, filters)
         if after is not None:
             params.update(after_distance=after.distance, after_id=after.id)
@@ -639,6 +662,7 @@ class VectorSearch:
             after is not None,
             max_distance is not None,
             cap,
+            by_name,
         )
         text = self._statements.get(key)
         if text is not None:
@@ -646,29 +670,48 @@ class VectorSearch:
         # The distance of the column as stored, which no index orders by (the models' indexes are over
         # casts of it), so the ORDER BY is a sort of the matching rows' distances, never an index scan.
         distance = sql.SQL("v.embedding <=> %(q)s::vector({})").format(sql.Literal(model.dimension))
-        conditions: list[sql.Composable] = [where]
+        conditions: list[sql.Composable] = []
         if after is not None:
             conditions.append(
-                sql.SQL("({}, i.id) > (%(after_distance)s::float8, %(after_id)s::bigint)").format(distance)
+                sql.SQL("({}, v.image_id) > (%(after_distance)s::float8, %(after_id)s::bigint)").format(distance)
             )
         if max_distance is not None:
             conditions.append(sql.SQL("{} <= %(max_distance)s::float8").format(distance))
         if cap is not None:
             # An uncorrelated condition: PostgreSQL tests it once, before reading any row of the join.
             conditions.append(sql.SQL("(SELECT matched FROM counted) < {}").format(sql.Literal(int(cap))))
-        stmt: sql.Composable = sql.SQL(
-            "SELECT {columns}, {distance} AS distance FROM image_vectors v JOIN images i ON i.id = v.image_id"
-            " WHERE {conditions} ORDER BY distance, i.id LIMIT %(limit)s"
-        ).format(columns=_HIT_COLUMNS, distance=distance, conditions=sql.SQL(" AND ").join(conditions))
+        if by_name:
+            named = _named_conditions(filters)
+            assert named is not None  # by_name needs a container
+            own = [sql.SQL("v.model_id = {}").format(_literal(model.model_id)), named]
+            if filters.exclude_id is not None:
+                own.append(sql.SQL("v.image_id <> %(exclude_id)s"))
+            images, _ = _image_conditions(filters)
+            stmt: sql.Composable = sql.SQL(
+                "SELECT {columns}, t.distance, {images} AS ok FROM ("
+                "SELECT v.image_id, {distance} AS distance FROM image_vectors v WHERE {conditions}"
+                " ORDER BY distance, v.image_id LIMIT %(limit)s) AS t JOIN images i ON i.id = t.image_id"
+                " ORDER BY t.distance, t.image_id"
+            ).format(
+                columns=_HIT_COLUMNS,
+                images=images,
+                distance=distance,
+                conditions=sql.SQL(" AND ").join(own + conditions),
+            )
+        else:
+            stmt = sql.SQL(
+                "SELECT {columns}, {distance} AS distance, TRUE AS ok FROM image_vectors v"
+                " JOIN images i ON i.id = v.image_id WHERE {conditions} ORDER BY distance, i.id LIMIT %(limit)s"
+            ).format(columns=_HIT_COLUMNS, distance=distance, conditions=sql.SQL(" AND ").join([where, *conditions]))
         if cap is not None:
-            images, _ = _image_conditions(filters, bound=True)
+            bound, _ = _image_conditions(filters, bound=True)
             # The count comes on every row, and on a row of NULLs when none is left to show.
             stmt = sql.SQL(
                 "WITH counted AS MATERIALIZED (SELECT count(*) AS matched"
-                " FROM (SELECT 1 FROM images i WHERE {images} LIMIT {cap}) AS c), shown AS ({shown})"
+                " FROM (SELECT 1 FROM images i WHERE {bound} LIMIT {cap}) AS c), shown AS ({shown})"
                 " SELECT shown.*, counted.matched FROM counted LEFT JOIN shown ON TRUE"
                 " ORDER BY shown.distance, shown.id"
-            ).format(images=images, cap=sql.Literal(int(cap)), shown=stmt)
+            ).format(bound=bound, cap=sql.Literal(int(cap)), shown=stmt)
         return self._remember_statement(key, stmt.as_string(None)), params
 
     def explain_nearest(
@@ -766,6 +809,10 @@ def _distance(model: Model, precision: str) -> sql.Composed:
 _HIT_COLUMNS: Final = sql.SQL("i.id, i.name, i.content_type, i.width, i.height, i.byte_size, i.thumbnail")
 
 
+# The exact scan's column saying whether its row surely matches (see VectorSearch._exact_sql).
+_OK: Final = 8
+
+
 def _hit(row: Sequence[Any]) -> Hit:
     iid, name, content_type, width, height, byte_size, thumbnail, distance = row
     return Hit(iid, name, float(distance), content_type, width, height, byte_size, thumbnail)
@@ -799,7 +846,37 @@ def _search_conditions(model: Model, filters: SearchFilters) -> tuple[sql.Compos
     """The WHERE clause shared by every search path: searchable under ``model`` and matching ``filters``."""
     # The model is a literal: only then can a prepared statement's generic plan use its partial index.
     images, params = _image_conditions(filters)
-    return sql.SQL("v.model_id = {} AND {}").format(_literal(model.model_id), images), params
+    named = _named_conditions(filters)
+    if named is None:
+        return sql.SQL("v.model_id = {} AND {}").format(_literal(model.model_id), images), params
+    return sql.SQL("v.model_id = {} AND {} AND {}").format(_literal(model.model_id), named, images), params
+
+
+def _named_conditions(filters: SearchFilters) -> sql.Composable | None:
+    """The container and name prefix on the vector's own copy of them (migration 4), or None without
+    either: a vector outside them is dropped where it is read, before any join to ``images``. A vector
+    written without a name (by code older than migration 4) passes, and ``images`` decides for it. The
+    parameters are :func:`_image_conditions`' own."""
+    if filters.container is None:
+        return None
+    parts = [sql.SQL("v.container = %(container)s")]
+    if filters.prefix:
+        parts.append(sql.SQL("v.name ~>=~ %(prefix)s"))
+        if prefix_end(filters.prefix) is not None:
+            parts.append(sql.SQL("v.name ~<~ %(prefix_end)s"))
+    return sql.SQL("(v.name IS NULL OR ({}))").format(sql.SQL(" AND ").join(parts))
+
+
+def _by_name_only(filters: SearchFilters) -> bool:
+    """Whether the vectors' own container and name decide ``filters`` alone (no content type, no upload
+    time, both kept in ``images`` only): then the exact scan reads the matching vectors from their own
+    index and joins only the rows it returns."""
+    return (
+        filters.container is not None
+        and not filters.content_types
+        and filters.uploaded_after is None
+        and filters.uploaded_before is None
+    )
 
 
 def _image_conditions(filters: SearchFilters, *, bound: bool = False) -> tuple[sql.Composed, dict[str, Any]]:

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 
 import azure.functions as func
 import numpy as np
+import numpy.typing as npt
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
@@ -66,16 +68,32 @@ def legacy_database(empty_database: str, citus: bool) -> Iterator[str]:
             f"((embedding::vector(1024)) vector_cosine_ops) WITH (m = 16, ef_construction = 64) "
             f"WHERE model_id = '{MODEL}'"
         )
-    store = Store(psycopg_pool(empty_database))
     rng = np.random.default_rng(9)
     vectors = rng.standard_normal((50, 1024)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     records = [
         ImageRecord("images", f"old/{i:02d}.jpg", bytes([i]) * 32, "image/jpeg", 64, 48, 1000 + i) for i in range(50)
     ]
-    store.bulk.upsert(records, vectors, MODEL)
-    store.close()
+    write_as_before_names(empty_database, records, vectors)
     yield empty_database
+
+
+def write_as_before_names(url: str, records: list[ImageRecord], vectors: npt.NDArray[np.float32]) -> None:
+    """Indexed images and their vectors as code older than migration 4 wrote them: no container and name
+    beside the vector."""
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        for record, vector in zip(records, vectors, strict=True):
+            iid = image_id(record.container, record.name)
+            conn.execute(
+                "INSERT INTO images (id, container, name, status, sha256, content_type, width, height, byte_size) "
+                "VALUES (%s, %s, %s, 'indexed', %s, %s, %s, %s, %s)",
+                (iid, record.container, record.name, record.sha256, record.content_type, 64, 48, record.byte_size),
+            )
+            conn.execute(
+                "INSERT INTO image_vectors (image_id, model_id, sha256, embedding) VALUES (%s, %s, %s, %s)",
+                (iid, MODEL, record.sha256, vector),
+            )
 
 
 def psycopg_pool(url: str) -> ConnectionPool:
@@ -106,9 +124,18 @@ def test_a_database_of_the_previous_version_is_upgraded_with_its_data_intact(
         assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
 
     before = counts(legacy_database)
-    result = migrate(settings, say=lambda _: None)
+    said: list[str] = []
+    result = migrate(settings, say=said.append)
     assert (result.schema.before, result.schema.after) == (1, LATEST_VERSION)
     assert counts(legacy_database) == before == (50, 50)
+    # Migration 4 copied each image's container and name beside its vectors, and said how far it got.
+    with psycopg.connect(legacy_database) as conn:
+        unnamed = conn.execute(
+            "SELECT count(*) FROM image_vectors v JOIN images i ON i.id = v.image_id "
+            "WHERE v.container IS DISTINCT FROM i.container OR v.name IS DISTINCT FROM i.name"
+        ).fetchone()
+    assert unnamed == (0,)
+    assert any("50 vectors looked at" in line and "50 named" in line for line in said), said
     # The old index is known to the model (vector, m 16), and the settings' halfvec default is a rebuild away.
     status = next(s for s in Store(psycopg_pool(legacy_database)).registry.models() if s.model.model_id == MODEL)
     assert status.model.index_name == _legacy_index_name(MODEL, 1024) and status.model.precision == "vector"
@@ -178,7 +205,8 @@ def test_on_citus_a_shard_that_refuses_the_storage_change_fails_the_migration(
         with pytest.raises(DatabaseUnavailable, match=f"not store the vectors in their rows on every shard.*{shard}"):
             migrate(settings, say=lambda _: None)
         with psycopg.connect(legacy_database) as conn:
-            assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (LATEST_VERSION - 1,)
+            # Recorded up to the migration before the storage change, and no further.
+            assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (schema._V3.version - 1,)
     finally:
         with psycopg.connect(legacy_database, autocommit=True) as conn:
             conn.execute("SELECT run_command_on_workers(%s)", (rename.format("hidden_shard", shard),))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -486,12 +487,16 @@ class TestTheIndex:
             assert searched
             assert {str(c.execute("SHOW max_parallel_workers_per_gather").fetchone()[0]) for c in searched} == {"0"}  # type: ignore[index]
             for cap in (None, 101):
-                text, params = vectors._exact_sql(MODEL, filters, None, None, cap)
-                params.update(q=PgVector(corpus.queries[0]), limit=10)
-                rows = searched[0].execute("EXPLAIN (COSTS OFF) " + text, params, prepare=False)
-                plan = "\n".join(r[0] for r in rows)
-                assert "Index Cond: ((container = 'images'::text) AND (name ~>=~ 'img-000'::text)" in plan, plan
-                assert "Seq Scan on images" not in plan and "Gather" not in plan, plan
+                for by_name in (True, False):
+                    text, params = vectors._exact_sql(MODEL, filters, None, None, cap, by_name)
+                    params.update(q=PgVector(corpus.queries[0]), limit=10)
+                    rows = searched[0].execute("EXPLAIN (COSTS OFF) " + text, params, prepare=False)
+                    plan = re.sub(r"'\[[^']*\]'", "'[vector]'", "\n".join(r[0] for r in rows))
+                    assert "(container = 'images'::text) AND (name ~>=~ 'img-000'::text)" in plan, plan
+                    assert "Seq Scan" not in plan and "Gather" not in plan, plan
+                    if by_name:  # the vectors of the range from their own index, and only the kept rows joined
+                        assert "Index Scan on image_vectors_name" in plan, plan
+                        assert plan.index("Limit") < plan.index("Index Scan using images_pkey"), plan
 
     def test_top_10_agrees_with_an_exact_ranking(self, corpus: Corpus) -> None:
         recalls = []
@@ -790,6 +795,47 @@ def test_a_run_of_equal_distances_at_a_page_edge_is_read_from_the_index(store: S
         seen += [h.id for h in page]
         after = After(page[-1].distance, page[-1].id)
     assert len(seen) == len(set(seen)) and set(seen[:12]) == copies
+
+
+@pytest.mark.parametrize("strategy", ["auto", "exact", "index"])
+@pytest.mark.parametrize("prefix", [None, "in/"])
+def test_vectors_written_without_their_images_name_are_judged_by_the_image(
+    store: Store, strategy: str, prefix: str | None
+) -> None:
+    """Code older than migration 4 wrote a vector without its image's container and name (and may, while
+    a deployment is under way). A search by container and prefix finds such a vector when its image
+    matches and never returns one whose image does not, whichever way it searches."""
+    model = store.registry.ensure_model("names:1", 8)
+    rng = np.random.default_rng(5)
+    data = unit(rng.standard_normal((200, 8))).astype(np.float32)
+    names = [f"{'in' if i % 2 else 'out'}/{i:03d}.jpg" for i in range(len(data))]
+    records = [
+        ImageRecord("images", name, hashlib.sha256(name.encode()).digest(), "image/jpeg", 8, 8, 1) for name in names
+    ]
+    store.bulk.upsert(records, data, model.model_id)
+    query = unit(rng.standard_normal(8)).astype(np.float32)
+    legacy = [("images", "in/legacy.jpg"), ("images", "out/legacy.jpg"), ("other", "in/legacy.jpg")]
+    with store.pool.connection() as conn:
+        register_vector(conn)
+        for container, name in legacy:  # the nearest vectors of all, as the old code wrote them
+            iid = image_id(container, name)
+            digest = hashlib.sha256(f"{container}/{name}".encode()).digest()
+            conn.execute(
+                "INSERT INTO images (id, container, name, status, sha256) VALUES (%s, %s, %s, 'indexed', %s)",
+                (iid, container, name, digest),
+            )
+            conn.execute(
+                "INSERT INTO image_vectors (image_id, model_id, sha256, embedding) VALUES (%s, %s, %s, %s)",
+                (iid, model.model_id, digest, query),
+            )
+    filters = SearchFilters(container="images", prefix=prefix)
+    found = store.vectors.search(model, query, 10, filters=filters, strategy=strategy)
+    kept = [(n, d) for n, d in zip(names, data, strict=True) if prefix is None or n.startswith(prefix)]
+    nearest = sorted(kept, key=lambda nd: float(1 - nd[1] @ query))
+    inside = ["in/legacy.jpg"] + (["out/legacy.jpg"] if prefix is None else [])
+    assert sorted(h.name for h in found.hits[: len(inside)]) == sorted(inside)
+    assert [h.name for h in found.hits[len(inside) :]] == [n for n, _ in nearest[: 10 - len(inside)]]
+    assert all(image_id("images", h.name) == h.id for h in found.hits)  # none of the other container
 
 
 class _NoProvider:

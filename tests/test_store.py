@@ -348,3 +348,37 @@ def test_an_unfiltered_search_returns_k_rows_when_the_nearest_vectors_are_in_ano
     assert found.strategy == ("index" if citus else "index+exact")
     distances = [1 - float(np.dot(query, ours[int(h.name.split("/")[1][:-4])])) for h in found.hits]
     assert [h.distance for h in found.hits] == pytest.approx(sorted(distances)[:10], abs=1e-4)
+
+
+def test_every_writer_stores_the_images_container_and_name_beside_its_vectors(store: Store) -> None:
+    """The exact scan and the index path filter by the vector's own copy of its image's container and
+    name (migration 4): ingestion, the bulk path and a re-embedding each write it, and a vector written
+    without one (by older code) gets it when written again."""
+    rng = np.random.default_rng(4)
+    store.registry.ensure_model(MODEL, DIM)
+    store.registry.ensure_model("second:1", DIM, create_index=False)
+    put(store, record("one/ingested.png"), {MODEL: unit(rng, 1)[0]})
+    store.bulk.upsert([record("two/bulk-a.png", b"a"), record("two/bulk-b.png", b"b")], unit(rng, 2), MODEL)
+    again = record("one/ingested.png")
+    assert store.registry.add_vector(image_id("images", again.name), "second:1", again.sha256, unit(rng, 1)[0])
+    with store.pool.connection() as conn:
+        conn.execute(
+            "UPDATE image_vectors SET container = NULL, name = NULL WHERE image_id = %s",
+            (image_id("images", "two/bulk-b.png"),),
+        )
+    store.bulk.upsert([record("two/bulk-b.png", b"b")], unit(rng, 1), MODEL)
+
+    def named() -> list[tuple[str, str, str, str]]:
+        with store.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT v.model_id, i.name, v.container, v.name FROM image_vectors v "
+                "JOIN images i ON i.id = v.image_id ORDER BY v.model_id, i.name"
+            ).fetchall()
+        return [tuple(r) for r in rows]
+
+    assert named() == [
+        ("second:1", "one/ingested.png", "images", "one/ingested.png"),
+        (MODEL, "one/ingested.png", "images", "one/ingested.png"),
+        (MODEL, "two/bulk-a.png", "images", "two/bulk-a.png"),
+        (MODEL, "two/bulk-b.png", "images", "two/bulk-b.png"),
+    ]
