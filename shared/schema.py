@@ -9,7 +9,9 @@ Layout:
 - ``image_vectors``: one row per image and embedding model. Vectors of a second model can live beside
   the first during a re-embedding; the ``embedding`` column has no fixed dimension, and each model
   gets its own partial HNSW index over ``embedding::halfvec(<dim>)`` (or ``::vector(<dim>)``), which also
-  makes a vector of the wrong length for its model impossible to store.
+  makes a vector of the wrong length for its model impossible to store. Each row also holds its
+  image's container and name (migration 4), so that a search by name prefix reads the matching
+  vectors from their own index; rows written by older code have none and are judged by ``images``.
 - ``embedding_models``: the models known to the collection; exactly one is ``active`` for queries,
   and each row names the HNSW index its queries use (precision, m, ef_construction).
 - ``ingest_claims``: short leases that let concurrent deliveries of the same bytes share one
