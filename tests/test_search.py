@@ -688,9 +688,12 @@ class TestTheIndex:
         gif = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/gif",)))  # 300 rows
         png = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/png",)))  # 30 rows
         assert (gif.strategy, png.strategy) == ("index", "exact")
+        # On a single node ANALYZE's share of GIFs (10 % of 3,000, past twice the threshold) decides
+        # with no statement; Citus keeps no statistics on its coordinator, and a count decides.
+        counted_gif = [(("image/gif",), 101, 0, 101)] if vectors.db.is_citus() else []
         assert scans == [
-            (("image/gif",), 101, 0, 101),  # counted past the threshold, read no vector
-            (("image/png",), 101, 10, 30),  # counted 30, and its rows were the answer
+            *counted_gif,  # counted past the threshold, read no vector
+            (("image/png",), 101, 10, 30),  # 0.3 % by the statistics: counted 30, and its rows were the answer
         ]
         assert len(gif.hits) == 10 and {h.content_type for h in gif.hits} == {"image/gif"}
         mask = corpus.types == "image/png"
@@ -698,7 +701,40 @@ class TestTheIndex:
         # The same filter again within FILTERED_COUNT_SECONDS: what was learnt decides.
         again = vectors.search(MODEL, q, 10, filters=SearchFilters(content_types=("image/png",)))
         assert again.strategy == "exact" and [h.id for h in again.hits] == [h.id for h in png.hits]
-        assert len(scans) == 3 and scans[2][1] is None
+        assert len(scans) == len(counted_gif) + 2 and scans[-1][1] is None
+        vectors.forget_counts()
+
+    @pytest.mark.single_node
+    @pytest.mark.parametrize(
+        ("filters", "decided_by"),
+        [
+            (SearchFilters(content_types=("image/gif",)), "statistics"),  # 10 %: no statement
+            (SearchFilters(container="images", content_types=("image/gif", "image/jpeg")), "statistics"),
+            (SearchFilters(container="elsewhere", content_types=("image/gif",)), "count"),  # not a known container
+            (SearchFilters(content_types=("image/webp",)), "count"),  # not among the common values
+            (SearchFilters(content_types=("image/gif",), prefix="img-0"), "count"),  # a prefix: counted
+        ],
+    )
+    def test_a_common_content_type_is_decided_by_the_statistics_and_anything_else_by_a_count(
+        self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch, filters: SearchFilters, decided_by: str
+    ) -> None:
+        vectors = corpus.store.vectors
+        monkeypatch.setattr(vectors, "exact_scan_max_rows", 100)
+        scans: list[int | None] = []
+        scan = vectors._counted_scan
+        monkeypatch.setattr(vectors, "_counted_scan", lambda *a: scans.append(a[6]) or scan(*a))
+        vectors.forget_counts()
+        found = vectors.search(MODEL, corpus.queries[3], 10, filters=filters)
+        assert scans == ([] if decided_by == "statistics" else [101])
+        mask = np.isin(corpus.types, filters.content_types) & np.array(
+            [
+                filters.container in (None, "images") and f"img-{i:05d}.jpg".startswith(filters.prefix or "")
+                for i in range(N)
+            ]
+        )
+        assert len(found.hits) == min(10, int(mask.sum())) and all(mask[corpus.ids == h.id][0] for h in found.hits)
+        if mask.any():
+            assert corpus.recall(corpus.queries[3], [h.id for h in found.hits], mask) >= 0.9
         vectors.forget_counts()
 
     @pytest.mark.single_node
