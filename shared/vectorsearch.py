@@ -662,8 +662,8 @@ class VectorSearch:
         rows = self._run_exact(model, query, limit, filters, after, max_distance, cap)
         count = int(rows[0][-1])
         shown = [row for row in rows if row[0] is not None]
-        if count < cap and not all(row[_OK] for row in shown):
-            return self._exact_scan(model, query, limit, filters, after, max_distance), count
+        if count < cap and not all(row[_OK] for row in shown):  # as _exact_scan: every matching row by the join
+            shown = self._run_exact(model, query, limit, filters, after, max_distance, None, by_name=False)
         return [_hit(row[:_OK]) for row in shown], count
 
     def _run_exact(
