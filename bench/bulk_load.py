@@ -92,7 +92,8 @@ def _copy_slice(
         copy.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
         for start in range(0, len(recs), CHUNK):
             part = recs[start : start + CHUNK]
-            copy.write(vector_rows(part, vectors[start : start + CHUNK]))
+            for rows in vector_rows(part, vectors[start : start + CHUNK]):
+                copy.write(rows)
         copy.write(b"\xff\xff")
 
 
@@ -109,7 +110,7 @@ def create_copy_tables(conn: psycopg.Connection[Any], prefixes: tuple[str, ...])
             )
 
 
-def vector_rows(recs: list[ImageRecord], vectors: npt.NDArray[np.float32]) -> bytes:
+def vector_rows(recs: list[ImageRecord], vectors: npt.NDArray[np.float32]) -> list[bytes]:
     """Binary COPY rows (the store's own columns, VECTOR_COPY's) with the store's own encoder: both paths
     pay the same encoding cost, so the comparison is about what the database does with the rows."""
     ids = [image_id(r.container, r.name) for r in recs]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -167,9 +166,10 @@ def _copy_vectors(
 ) -> None:
     with conn.cursor().copy(VECTOR_COPY) as copy:
         names = [(r.container, r.name) for r in rows]
-        copy.write(
-            _COPY_SIGNATURE + binary_vector_rows(ids, model_id, [r.sha256 for r in rows], matrix, names) + _COPY_TRAILER
-        )
+        copy.write(_COPY_SIGNATURE)
+        for part in binary_vector_rows(ids, model_id, [r.sha256 for r in rows], matrix, names):
+            copy.write(part)
+        copy.write(_COPY_TRAILER)
 
 
 VECTOR_COPY: Final = (
@@ -183,46 +183,73 @@ def binary_vector_rows(
     digests: Sequence[bytes],
     matrix: npt.NDArray[np.float32],
     names: Sequence[tuple[str, str]],
-) -> bytes:
+) -> list[bytes]:
     """COPY BINARY rows (bigint, text, bytea, vector, text, text: VECTOR_COPY's columns) without the COPY
-    header and trailer: the fixed-size part of every row built in one go with numpy, the image's
-    container and name (``names``, one pair per row) appended to each.
+    header and trailer, built with numpy instead of row by row: the rows whose container and name
+    (``names``, one pair per row) have the same lengths in bytes share a fixed-size record, so each such
+    group is built as arrays, each a buffer of the list returned, to be written in turn (joining them
+    would copy every vector once more). The rows come out grouped, not in the order given (COPY takes them
+    in any order).
 
     Each row is: field count, then per field its length and big-endian value; pgvector's binary
     vector is int16 dimension, int16 unused, then the float4 values.
     """
     count, dim = matrix.shape
+    if len(names) != count or len(ids) != count or len(digests) != count:
+        raise ValueError(
+            f"give one id, digest and (container, name) per vector: {count} vectors, {len(ids)} ids, "
+            f"{len(digests)} digests, {len(names)} names"
+        )
     model = model_id.encode()
-    row = np.dtype(
+    encoded = [(container.encode(), name.encode()) for container, name in names]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for n, (box, label) in enumerate(encoded):
+        groups.setdefault((len(box), len(label)), []).append(n)
+    all_ids = np.asarray(ids, dtype=np.int64)
+    all_digests = np.frombuffer(b"".join(digests), dtype="V32")
+    parts = []
+    for (box_len, label_len), members in groups.items():
+        row = _vector_row(len(model), dim, box_len, label_len)
+        # A few hundred rows at a time: the vectors' byte swap and copies then stay in the CPU's cache
+        # (measured here, 5,000 rows in one array 8.9 us a row, in blocks of 256 about 2).
+        for start in range(0, len(members), _BLOCK_ROWS):
+            block = members[start : start + _BLOCK_ROWS]
+            at = np.asarray(block, dtype=np.intp)
+            rows = np.zeros(len(block), dtype=row)
+            rows["fields"], rows["id_len"], rows["sha_len"], rows["vec_len"], rows["dim"] = 6, 8, 32, 4 + 4 * dim, dim
+            rows["model_len"], rows["model"] = len(model), model
+            rows["box_len"], rows["label_len"] = box_len, label_len
+            rows["id"] = all_ids[at]
+            rows["sha"] = all_digests[at]
+            rows["vec"] = matrix[at]
+            rows["box"] = [encoded[n][0] for n in block]
+            rows["label"] = [encoded[n][1] for n in block]
+            parts.append(rows.tobytes())
+    return parts
+
+
+_BLOCK_ROWS: Final = 256
+
+
+def _vector_row(model_len: int, dim: int, box_len: int, label_len: int) -> np.dtype[np.void]:
+    """One COPY BINARY row of VECTOR_COPY's columns, for a model id, a container and a name of these
+    lengths in bytes."""
+    return np.dtype(
         [
             ("fields", ">i2"),
             ("id_len", ">i4"),
             ("id", ">i8"),
             ("model_len", ">i4"),
-            ("model", f"S{len(model)}"),
+            ("model", f"S{model_len}"),
             ("sha_len", ">i4"),
             ("sha", "V32"),
             ("vec_len", ">i4"),
             ("dim", ">i2"),
             ("unused", ">i2"),
             ("vec", ">f4", (dim,)),
+            ("box_len", ">i4"),
+            ("box", f"S{box_len}"),
+            ("label_len", ">i4"),
+            ("label", f"S{label_len}"),
         ]
     )
-    if len(names) != count:
-        raise ValueError(f"give one (container, name) per vector: {count} vectors, {len(names)} names")
-    rows = np.zeros(count, dtype=row)
-    rows["fields"], rows["id_len"], rows["sha_len"], rows["vec_len"], rows["dim"] = 6, 8, 32, 4 + 4 * dim, dim
-    rows["model_len"], rows["model"] = len(model), model
-    rows["id"] = np.asarray(ids, dtype=np.int64)
-    rows["sha"] = np.frombuffer(b"".join(digests), dtype="V32")
-    rows["vec"] = matrix
-    fixed = memoryview(rows.tobytes())
-    size = row.itemsize
-    parts: list[bytes | memoryview] = []
-    for n, (container, name) in enumerate(names):
-        box, label = container.encode(), name.encode()
-        parts += (fixed[n * size : (n + 1) * size], _LENGTH.pack(len(box)), box, _LENGTH.pack(len(label)), label)
-    return b"".join(parts)
-
-
-_LENGTH: Final = struct.Struct(">i")
