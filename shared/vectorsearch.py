@@ -678,9 +678,12 @@ class VectorSearch:
         *,
         by_name: bool = True,
     ) -> list[Any]:
-        text, params = self._exact_sql(model, filters, after, max_distance, cap, by_name and _by_name_only(filters))
-        params.update(q=PgVector(query), limit=limit)
         citus = self.db.is_citus()
+        # On Citus the by-name form's LIMIT in a subquery joined to `images` would be two distributed steps
+        # through an intermediate result; the join, co-located on the image id, is one.
+        by_name = by_name and not citus and _by_name_only(filters)
+        text, params = self._exact_sql(model, filters, after, max_distance, cap, by_name)
+        params.update(q=PgVector(query), limit=limit)
 
         def scan(conn: psycopg.Connection[Any]) -> list[Any]:
             if citus:
