@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 
 from bench import data
 from bench.common import Services, Stopwatch, log, machine, parser, services, table, write_json
-from shared.bulk import VECTOR_COPY, binary_vector_rows
+from shared.bulk import binary_vector_rows, vector_copy
 from shared.catalogue import ImageRecord, image_id
 from shared.db import make_pool
 from shared.schema import migrate
@@ -88,7 +88,7 @@ def _copy_slice(
         for r in recs:
             head = (image_id(r.container, r.name), r.container, r.name, "indexed", r.sha256, r.content_type)
             copy.write_row((*head, r.width, r.height, r.byte_size, r.etag, r.last_modified, Jsonb(r.metadata)))
-    with cur.copy(VECTOR_COPY.replace("image_vectors", f"{prefix}_image_vectors", 1)) as copy:
+    with cur.copy(vector_copy(f"{prefix}_image_vectors")) as copy:
         copy.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
         for start in range(0, len(recs), CHUNK):
             part = recs[start : start + CHUNK]
@@ -111,7 +111,7 @@ def create_copy_tables(conn: psycopg.Connection[Any], prefixes: tuple[str, ...])
 
 
 def vector_rows(recs: list[ImageRecord], vectors: npt.NDArray[np.float32]) -> list[bytes]:
-    """Binary COPY rows (the store's own columns, VECTOR_COPY's) with the store's own encoder: both paths
+    """Binary COPY rows (the store's own columns, vector_copy's) with the store's own encoder: both paths
     pay the same encoding cost, so the comparison is about what the database does with the rows."""
     ids = [image_id(r.container, r.name) for r in recs]
     return binary_vector_rows(ids, MODEL, [r.sha256 for r in recs], vectors, [(r.container, r.name) for r in recs])

@@ -164,7 +164,7 @@ def _copy_vectors(
     rows: Sequence[ImageRecord],
     matrix: npt.NDArray[np.float32],
 ) -> None:
-    with conn.cursor().copy(VECTOR_COPY) as copy:
+    with conn.cursor().copy(vector_copy("image_vectors")) as copy:
         names = [(r.container, r.name) for r in rows]
         copy.write(_COPY_SIGNATURE)
         for part in binary_vector_rows(ids, model_id, [r.sha256 for r in rows], matrix, names):
@@ -172,9 +172,12 @@ def _copy_vectors(
         copy.write(_COPY_TRAILER)
 
 
-VECTOR_COPY: Final = (
-    "COPY image_vectors (image_id, model_id, sha256, embedding, container, name) FROM STDIN (FORMAT BINARY)"
-)
+def vector_copy(table: str) -> sql.Composed:
+    """The COPY of :func:`binary_vector_rows`' rows into ``table`` (``image_vectors`` or a benchmark's
+    table of the same columns)."""
+    return sql.SQL(
+        "COPY {} (image_id, model_id, sha256, embedding, container, name) FROM STDIN (FORMAT BINARY)"
+    ).format(sql.Identifier(table))
 
 
 def binary_vector_rows(
@@ -184,7 +187,7 @@ def binary_vector_rows(
     matrix: npt.NDArray[np.float32],
     names: Sequence[tuple[str, str]],
 ) -> list[bytes]:
-    """COPY BINARY rows (bigint, text, bytea, vector, text, text: VECTOR_COPY's columns) without the COPY
+    """COPY BINARY rows (bigint, text, bytea, vector, text, text: vector_copy's columns) without the COPY
     header and trailer, built with numpy instead of row by row: the rows whose container and name
     (``names``, one pair per row) have the same lengths in bytes share a fixed-size record, so each such
     group is built as arrays, each a buffer of the list returned, to be written in turn (joining them
@@ -232,7 +235,7 @@ _BLOCK_ROWS: Final = 256
 
 
 def _vector_row(model_len: int, dim: int, box_len: int, label_len: int) -> np.dtype[np.void]:
-    """One COPY BINARY row of VECTOR_COPY's columns, for a model id, a container and a name of these
+    """One COPY BINARY row of vector_copy's columns, for a model id, a container and a name of these
     lengths in bytes."""
     return np.dtype(
         [

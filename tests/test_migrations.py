@@ -153,6 +153,39 @@ def test_a_database_of_the_previous_version_is_upgraded_with_its_data_intact(
         rt.close()
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def test_naming_the_vectors_goes_on_where_an_interrupted_run_stopped(
+    legacy_database: str, fake_vision: FakeVision, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 4 names the existing vectors in batches, each committed: stopped after the first batch
+    (the operator's Ctrl-C, a lost connection), it is not recorded as done, and the next run names only
+    the rest."""
+    settings = settings_for(legacy_database, fake_vision, azurite)
+    monkeypatch.setattr(schema, "NAMING_BATCH_ROWS", 20)
+
+    def stop_after_a_batch(line: str) -> None:
+        if "looked at" in line:
+            raise _Interrupted(line)
+
+    with pytest.raises(_Interrupted, match="20 vectors looked at"):
+        migrate(settings, say=stop_after_a_batch, prepare_model=False)
+
+    def unnamed() -> int:
+        with psycopg.connect(legacy_database) as conn:
+            return int(conn.execute("SELECT count(*) FROM image_vectors WHERE name IS NULL").fetchone()[0])  # type: ignore[index]
+
+    assert unnamed() == 30
+    with psycopg.connect(legacy_database) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (3,)
+    said: list[str] = []
+    result = migrate(settings, say=said.append, prepare_model=False)
+    assert result.schema.applied == ("4 image names beside their vectors",) and unnamed() == 0
+    assert "named 30 vectors" in " ".join(said), said
+
+
 def _storage(url: str, citus: bool) -> list[str]:
     """How image_vectors stores its vectors on every node that holds it: 'm' in the row, 'e' out of line."""
     query = "SELECT attstorage FROM pg_attribute WHERE attrelid = '{}'::regclass AND attname = 'embedding'"
