@@ -72,6 +72,7 @@ _DECIMAL: Final = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})(
 # RFC 6838 type/subtype names.
 _MEDIA_TYPE: Final = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _CURSOR: Final = re.compile(r"[A-Za-z0-9_-]+")
+_FINGERPRINT: Final = re.compile(r"[0-9a-f]{16}")  # what fingerprint() gives
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -278,14 +279,23 @@ def _printable(text: str) -> bool:
 
 
 # --- cursors -------------------------------------------------------------------------------------
+# json.dumps(..., sort_keys=True) builds an encoder on every call; this one is built once.
+_FINGERPRINT_JSON: Final = json.JSONEncoder(sort_keys=True, ensure_ascii=True)
+
+
 def fingerprint(model_id: str, kind: str, subject: str, filters: Filters) -> str:
     """What a cursor is bound to: the model, the kind of query, what was searched and the filters."""
-    payload = json.dumps([model_id, kind, subject, filters.to_json()], sort_keys=True, ensure_ascii=True)
+    payload = _FINGERPRINT_JSON.encode([model_id, kind, subject, filters.to_json()])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def encode_cursor(after: After, query_fingerprint: str) -> str:
-    raw = json.dumps({"d": after.distance, "i": after.id, "q": query_fingerprint}, separators=(",", ":"))
+    """The cursor of the page after ``after``: the JSON ``{"d":distance,"i":id,"q":fingerprint}`` in
+    URL-safe base64. Written by hand, as json.dumps would write it (a finite float's repr is its JSON
+    number, the fingerprint is hex): json.dumps cost 25-30 us of a 1.5 ms search."""
+    if not math.isfinite(after.distance) or not _FINGERPRINT.fullmatch(query_fingerprint):
+        raise ValueError("a cursor holds a finite distance and a hexadecimal query fingerprint")
+    raw = f'{{"d":{float(after.distance)!r},"i":{int(after.id)},"q":"{query_fingerprint}"}}'
     return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode("ascii")
 
 
@@ -376,7 +386,7 @@ class EmbeddingCache:
 
 
 # --- results -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3-4 times as much, per result
 class Result:
     """One image found, with its cosine similarity to the query and a time-limited read link."""
 
@@ -649,6 +659,14 @@ class Searcher:
 def _checked(model: Model, vector: Vector) -> Vector:
     """The provider's vector, if it can be searched with under ``model``."""
     array = np.asarray(vector, dtype=np.float32)
+    if array.shape == (model.dimension,):
+        # One product tells the usual case, finite and not all zero (a NaN or infinity makes it NaN or
+        # infinite, all zeros make it 0): three NumPy calls took 60-70 us of a 1.5 ms search, 100,000
+        # vectors on 2 cores, this one a fifth of that. Only a sum too large for float32 (numbers
+        # near 1e19) goes on to the exact checks below.
+        square = float(np.dot(array, array))
+        if math.isfinite(square) and square > 0.0:
+            return array
     if array.shape != (model.dimension,) or not np.isfinite(array).all() or not np.any(array):
         raise ProviderResponseError(
             f"the embedding service answered a vector of shape {array.shape} that cannot be searched with "

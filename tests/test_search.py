@@ -8,6 +8,7 @@ query costs no second embedding call.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import re
@@ -31,6 +32,7 @@ from shared.registry import Model
 from shared.runtime import Runtime
 from shared.schema import IndexSpec
 from shared.search import (
+    MAX_IMAGE_ID,
     EmbeddingCache,
     Filters,
     FixedModel,
@@ -328,9 +330,17 @@ def test_a_cursor_only_fits_the_query_it_came_from() -> None:
     with pytest.raises(InvalidParameter, match="another query") as exc:
         decode_cursor(cursor, other)
     assert exc.value.code == "InvalidCursor"
-    for bad in ["", "!!", "x" * 600, "eyJkIjoxfQ", encode_cursor(After(float("nan"), 1), fp), cursor[:-3]]:
+    nan = base64.urlsafe_b64encode(f'{{"d":NaN,"i":1,"q":"{fp}"}}'.encode()).rstrip(b"=").decode()
+    for bad in ["", "!!", "x" * 600, "eyJkIjoxfQ", nan, cursor[:-3]]:
         with pytest.raises(InvalidParameter):
             decode_cursor(bad, fp)
+    # The cursor is written by hand, not by json.dumps: it must read back whatever the distance and id.
+    for distance in (0.0, 5e-324, 1e-7, 0.30000000000000004, 1.9999999999999998, 2.0):
+        for iid in (1, 4_611_686_018_427_387_904, MAX_IMAGE_ID):
+            assert decode_cursor(encode_cursor(After(distance, iid), fp), fp) == After(distance, iid)
+    for after, query in ((After(float("nan"), 1), fp), (After(float("inf"), 1), fp), (After(0.5, 1), 'x"}')):
+        with pytest.raises(ValueError):
+            encode_cursor(after, query)
 
 
 # --- filters and paging through the pipeline -------------------------------------------------------
