@@ -55,6 +55,7 @@ from shared.vectorsearch import (
     EXACT_SCAN_MIN_ROWS,
     After,
     Hit,
+    ImageStatistics,
     SearchFilters,
     _session,
     auto_ef_search,
@@ -415,6 +416,26 @@ def test_auto_ef_search_grows_with_the_collection() -> None:
     assert efs == sorted(efs) and efs[1] > AUTO_EF_SEARCH and efs[-1] == 1000
 
 
+def test_a_prefix_share_is_read_from_the_names_histogram() -> None:
+    """ANALYZE's histogram of names: 101 bounds splitting 90 % of the rows (5 % are null, 5 % one common
+    name) into 100 equal shares. A prefix that 11 bounds start with spans at least 10 shares."""
+    bounds = tuple(f"{'a' if i <= 10 else 'b'}/{i:03d}.jpg" for i in range(101))
+    stats = ImageStatistics(1000.0, {"name": {"a/common.jpg": 0.05}}, name_bounds=bounds, name_histogram_share=0.9)
+    assert stats.prefix_share("a/") == pytest.approx(0.9 * 10 / 100 + 0.05)
+    assert stats.prefix_share("b/") == pytest.approx(0.9 * 89 / 100)
+    assert stats.prefix_share("a/010") == 0.0  # one bound: it may hold no more than a share's edge
+    assert stats.prefix_share("c/") == 0.0
+    assert ImageStatistics(1000.0, {}).prefix_share("a/") is None  # never analysed: nothing known
+    found = [
+        (3000.0, "name", 0.05, ["a/common.jpg"], [0.05], list(bounds)),
+        (3000.0, "content_type", 0.0, ["image/png", "image/gif"], [0.9, 0.1], None),
+    ]
+    read = ImageStatistics.from_rows(found)
+    assert read.rows == 3000.0 and read.name_bounds == bounds
+    assert read.name_histogram_share == pytest.approx(0.9)
+    assert read.common["content_type"] == {"image/png": 0.9, "image/gif": 0.1}
+
+
 # --- the index under load: recall, filtered search, strategies -------------------------------------
 
 N = 3000
@@ -722,10 +743,15 @@ class TestTheIndex:
             (SearchFilters(container="images", content_types=("image/gif", "image/jpeg")), "statistics"),
             (SearchFilters(container="elsewhere", content_types=("image/gif",)), "count"),  # not a known container
             (SearchFilters(content_types=("image/webp",)), "count"),  # not among the common values
-            (SearchFilters(content_types=("image/gif",), prefix="img-0"), "count"),  # a prefix: counted
+            # Names img-00000.jpg to img-02999.jpg: a prefix by the names' histogram.
+            (SearchFilters(container="images", prefix="img-01"), "statistics"),  # a third
+            (SearchFilters(content_types=("image/gif",), prefix="img-0"), "statistics"),  # 10 % of all
+            (SearchFilters(container="images", prefix="img-0299"), "count"),  # 10 names
+            (SearchFilters(content_types=("image/gif",), prefix="img-02"), "count"),  # 10 % of a third: 100
+            (SearchFilters(prefix="img-9"), "count"),  # no name
         ],
     )
-    def test_a_common_content_type_is_decided_by_the_statistics_and_anything_else_by_a_count(
+    def test_a_common_content_type_or_prefix_is_decided_by_the_statistics_and_anything_else_by_a_count(
         self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch, filters: SearchFilters, decided_by: str
     ) -> None:
         vectors = corpus.store.vectors
@@ -736,7 +762,8 @@ class TestTheIndex:
         vectors.forget_counts()
         found = vectors.search(MODEL, corpus.queries[3], 10, filters=filters)
         assert scans == ([] if decided_by == "statistics" else [101])
-        mask = np.isin(corpus.types, filters.content_types) & np.array(
+        typed = np.isin(corpus.types, filters.content_types) if filters.content_types else np.ones(N, dtype=bool)
+        mask = typed & np.array(
             [
                 filters.container in (None, "images") and f"img-{i:05d}.jpg".startswith(filters.prefix or "")
                 for i in range(N)
