@@ -330,8 +330,9 @@ class VectorSearch:
         - Without a filter, from the rows the model's index held when PostgreSQL last counted them, when
           that is ESTIMATE_TRUSTED times the threshold or more (no statement: remembered for
           LARGE_COUNT_SECONDS).
-        - With a filter by content type (and container) alone, from ANALYZE's share of those values
-          (see _estimated_images), when that is ESTIMATE_TRUSTED times the threshold or more.
+        - With a filter by content type and/or name prefix (and container) alone, from ANALYZE's
+          statistics of those columns (see _estimated_images), when that is ESTIMATE_TRUSTED times the
+          threshold or more.
         - Otherwise one statement counts the images that may match from the filter's index, no more
           than the threshold's plus one, and only when there are no more than the threshold runs the
           exact scan, whose hits are the answer. The count costs less than asking the planner for its
@@ -360,7 +361,7 @@ class VectorSearch:
             if indexed is not None and indexed >= ESTIMATE_TRUSTED * (threshold + 1):
                 count = indexed
         else:
-            # A filter by content type alone, from ANALYZE's share of each value (None when unknown).
+            # A filter by content type or prefix alone, from ANALYZE's statistics (None when unknown).
             estimated = self._estimated_images(counted)
             if estimated is not None and estimated >= ESTIMATE_TRUSTED * (threshold + 1):
                 count = estimated
@@ -378,9 +379,11 @@ class VectorSearch:
         coordinator keeps no statistics of the shards). Common filters then need no count: measured
         (100,000 images, 2 cores, Searcher.text), a new 10 % content-type filter took p95 5.9 ms with
         its count, the same filter once its count was known 4.2 ms; a new 10 % prefix 5.2 ms with its
-        count, 3.7 ms known. The filters are taken as independent. Statistics out of date cost time,
-        never results: a filter they put too high goes to the index path, which falls back to the exact
-        scan when it finds too few rows."""
+        count, 3.7 ms known. The filters are taken as independent. Statistics out of date never cost
+        rows: a filter they put too high goes to the index path, which falls back to the exact scan when
+        it finds fewer than asked; but its rows are then the index's approximate ones, as for any common
+        filter, where the count would have chosen the exact scan. Autovacuum analyzes ``images`` again
+        once about a tenth of its rows have changed (PostgreSQL's default scale factor, 0.1)."""
         if filters.uploaded_after is not None or filters.uploaded_before is not None:
             return None
         if not (filters.content_types or filters.prefix) or self.db.is_citus():
