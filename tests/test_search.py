@@ -57,6 +57,10 @@ from shared.vectorsearch import (
     Hit,
     ImageStatistics,
     SearchFilters,
+    _filter_params,
+    _image_conditions,
+    _named_conditions,
+    _search_conditions,
     _session,
     auto_ef_search,
     exact_scan_threshold,
@@ -434,6 +438,32 @@ def test_a_prefix_share_is_read_from_the_names_histogram() -> None:
     assert read.rows == 3000.0 and read.name_bounds == bounds
     assert read.name_histogram_share == pytest.approx(0.9)
     assert read.common["content_type"] == {"image/png": 0.9, "image/gif": 0.1}
+
+
+@pytest.mark.parametrize("container", [None, "images"])
+@pytest.mark.parametrize("prefix", [None, "a/", "\U0010ffff"])  # the last has no prefix_end
+@pytest.mark.parametrize("types", [(), ("image/png",)])
+@pytest.mark.parametrize("dated", [False, True])
+@pytest.mark.parametrize("exclude_id", [None, 7])
+def test_every_placeholder_of_the_search_conditions_has_its_parameter(
+    container: str | None, prefix: str | None, types: tuple[str, ...], dated: bool, exclude_id: int | None
+) -> None:
+    """The conditions' SQL (composed once per shape) and their parameters (computed for every search)
+    are written apart: each placeholder any of them names must be among the parameters."""
+    day = datetime(2024, 5, 1, tzinfo=UTC)
+    filters = SearchFilters(container, prefix, types, day if dated else None, day if dated else None, exclude_id)
+    params = _filter_params(filters)
+    texts = [
+        _search_conditions(MODEL, filters).as_string(None),
+        _image_conditions(filters).as_string(None),
+        _image_conditions(filters, bound=True).as_string(None),
+    ]
+    named = _named_conditions(filters)
+    if named is not None:
+        texts.append(named.as_string(None))
+    for text in texts:
+        assert set(re.findall(r"%\((\w+)\)s", text)) <= set(params), text
+    assert params.get("prefix") == prefix and params.get("container") == container  # and none invented
 
 
 # --- the index under load: recall, filtered search, strategies -------------------------------------
