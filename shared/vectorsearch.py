@@ -17,7 +17,7 @@ import psycopg
 from pgvector import Vector as PgVector
 from psycopg import sql
 
-from .db import Database, translate_errors
+from .db import Database, search_cursor, translate_errors
 from .embeddings import Vector
 from .errors import InvalidInput
 from .registry import Model
@@ -634,7 +634,7 @@ class VectorSearch:
         """Run ``stmt`` on this pooled connection with its session holding ``values`` (single node)."""
         try:
             self._use_settings(conn, values)
-            return conn.execute(stmt, params, prepare=prepare).fetchall()
+            return search_cursor(conn).execute(stmt, params, prepare=prepare).fetchall()
         except BaseException:
             _forget_session(conn)  # whatever failed, the next search sets everything again
             raise
@@ -666,11 +666,11 @@ class VectorSearch:
                 if all(_cluster_session(conn, values).get(n) == v for n, v in values.items()):
                     # The database's own defaults, which Citus gave the workers too (ALTER DATABASE ... SET,
                     # see shared/maintenance.py): one statement, no transaction around it on every node.
-                    found = conn.execute(stmt, params).fetchall()
+                    found = search_cursor(conn).execute(stmt, params).fetchall()
                 else:
                     with conn.transaction():
                         self._apply_settings(conn, values)
-                        found = conn.execute(stmt, params).fetchall()
+                        found = search_cursor(conn).execute(stmt, params).fetchall()
                 return found
             return self._on_session(conn, values, stmt, params)
 
@@ -738,7 +738,7 @@ class VectorSearch:
 
         def scan(conn: psycopg.Connection[Any]) -> list[Any]:
             if citus:
-                return conn.execute(text, params, prepare=False).fetchall()  # _PLANNED_EACH_TIME
+                return search_cursor(conn).execute(text, params, prepare=False).fetchall()  # _PLANNED_EACH_TIME
             return self._on_session(conn, SERIAL, text, params, prepare=False)
 
         with translate_errors("searching"):

@@ -26,7 +26,7 @@ from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
 from shared.catalogue import ImageRecord, image_id
-from shared.db import make_pool
+from shared.db import SearchConnection, make_pool, search_cursor
 from shared.errors import InvalidImage, InvalidInput, ProviderUnavailable
 from shared.registry import Model
 from shared.runtime import Runtime
@@ -871,6 +871,41 @@ class TestTheIndex:
             assert session() == (str(store.vectors.effective_ef_search(MODEL, 100)), "off")
             assert store.vectors.search(MODEL, q, 10) == usual
             assert session() == (str(store.vectors.effective_ef_search(MODEL, 10)), "off")
+        finally:
+            search.close()
+
+    def test_a_search_connection_runs_its_searches_on_one_cursor_that_an_error_does_not_spoil(
+        self, corpus: Corpus, database_url: str
+    ) -> None:
+        """A search pool's connection keeps one cursor for its searches (a new one per statement cost
+        60-90 us of a 1 ms search): the next search runs on the same cursor, a statement that failed on
+        it leaves it answering, and the answers are those of a store without a search pool of its own."""
+        search = make_pool(make_settings(DATABASE_URL=database_url, DATABASE_POOL_MAX="2"), role="search")
+        try:
+            store = Store(corpus.store.pool, search_pool=search)  # one search connection: every search uses it
+
+            def last_statement(conn: psycopg.Connection[Any]) -> tuple[int, str]:
+                """The connection's search cursor and the statement it ran last."""
+                assert isinstance(conn, SearchConnection)
+                cursor = conn.search_cursor()
+                return id(cursor), bytes(cursor._query.query if cursor._query else b"").decode()
+
+            q = corpus.queries[5]
+            expected = corpus.store.vectors.search(MODEL, q, 10)  # the ingestion pool's connection, a new cursor
+            first = store.vectors.search(MODEL, q, 10)
+            assert first == expected and len(first.hits) == 10
+            used, statement = store.db.read(last_statement)
+            assert "FROM image_vectors" in statement
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                store.db.read(lambda c: search_cursor(c).execute("SELECT 1 / 0"))
+            assert store.db.read(last_statement) == (used, "SELECT 1 / 0")
+            assert store.vectors.search(MODEL, q, 10) == expected
+            filtered = SearchFilters(content_types=("image/png",))
+            assert store.vectors.search(MODEL, q, 5, filters=filtered) == corpus.store.vectors.search(
+                MODEL, q, 5, filters=filtered
+            )
+            cursor, statement = store.db.read(last_statement)
+            assert cursor == used and "image/png" not in statement and "FROM image_vectors" in statement
         finally:
             search.close()
 
