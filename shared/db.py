@@ -93,8 +93,8 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 class SearchConnection(psycopg.Connection[Any]):
     """A connection of the search pool: it keeps one cursor, with binary results, for the searches it
     runs. Measured (100,000 vectors, 2 cores, the search benchmark's loop), a new cursor per statement
-    (``conn.execute``) cost 60-90 us of a 1 ms search: psycopg finds the dumper of each parameter and
-    the loader of each column again for every new cursor, and text results are parsed."""
+    (``conn.execute``) with text results cost 60-110 us of a 1.1-1.3 ms search: psycopg finds the dumper
+    of each parameter and the loader of each column again for every new cursor, and parses text."""
 
     _search_cursor: psycopg.Cursor[Any] | None = None
 

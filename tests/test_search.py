@@ -878,7 +878,7 @@ class TestTheIndex:
         self, corpus: Corpus, database_url: str
     ) -> None:
         """A search pool's connection keeps one cursor for its searches (a new one per statement cost
-        60-90 us of a 1 ms search): the next search runs on the same cursor, a statement that failed on
+        60-110 us of a 1.1-1.3 ms search): the next search runs on the same cursor, a statement that failed on
         it leaves it answering, and the answers are those of a store without a search pool of its own."""
         search = make_pool(make_settings(DATABASE_URL=database_url, DATABASE_POOL_MAX="2"), role="search")
         try:
