@@ -884,28 +884,30 @@ class TestTheIndex:
         try:
             store = Store(corpus.store.pool, search_pool=search)  # one search connection: every search uses it
 
-            def last_statement(conn: psycopg.Connection[Any]) -> tuple[int, str]:
-                """The connection's search cursor and the statement it ran last."""
+            def last_statement(conn: psycopg.Connection[Any]) -> tuple[psycopg.Cursor[Any], str]:
+                """The connection's search cursor and the statement it ran last (psycopg keeps it in
+                ``_query`` for debugging)."""
                 assert isinstance(conn, SearchConnection)
                 cursor = conn.search_cursor()
-                return id(cursor), bytes(cursor._query.query if cursor._query else b"").decode()
+                return cursor, bytes(cursor._query.query if cursor._query else b"").decode()
 
             q = corpus.queries[5]
             expected = corpus.store.vectors.search(MODEL, q, 10)  # the ingestion pool's connection, a new cursor
             first = store.vectors.search(MODEL, q, 10)
             assert first == expected and len(first.hits) == 10
             used, statement = store.db.read(last_statement)
-            assert "FROM image_vectors" in statement
+            assert "FROM image_vectors" in statement and "i.content_type = ANY(" not in statement
             with pytest.raises(psycopg.errors.DivisionByZero):
                 store.db.read(lambda c: search_cursor(c).execute("SELECT 1 / 0"))
-            assert store.db.read(last_statement) == (used, "SELECT 1 / 0")
+            cursor, statement = store.db.read(last_statement)
+            assert cursor is used and statement == "SELECT 1 / 0"
             assert store.vectors.search(MODEL, q, 10) == expected
             filtered = SearchFilters(content_types=("image/png",))
             assert store.vectors.search(MODEL, q, 5, filters=filtered) == corpus.store.vectors.search(
                 MODEL, q, 5, filters=filtered
             )
-            cursor, statement = store.db.read(last_statement)
-            assert cursor == used and "image/png" not in statement and "FROM image_vectors" in statement
+            cursor, statement = store.db.read(last_statement)  # the filtered search's, with its placeholder
+            assert cursor is used and "FROM image_vectors" in statement and "i.content_type = ANY($" in statement
         finally:
             search.close()
 
