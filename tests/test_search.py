@@ -343,9 +343,47 @@ def test_a_cursor_only_fits_the_query_it_came_from() -> None:
     for distance in (0.0, 5e-324, 1e-7, 0.30000000000000004, 1.9999999999999998, 2.0):
         for iid in (1, 4_611_686_018_427_387_904, MAX_IMAGE_ID):
             assert decode_cursor(encode_cursor(After(distance, iid), fp), fp) == After(distance, iid)
-    for after, query in ((After(float("nan"), 1), fp), (After(float("inf"), 1), fp), (After(0.5, 1), 'x"}')):
+    for after, query in (
+        (After(float("nan"), 1), fp),
+        (After(float("inf"), 1), fp),
+        (After(0.5, 1), 'x"}'),
+        (After(0.5, 1), fp.upper()),
+        (After(0.5, 1), fp[:-1]),
+    ):
         with pytest.raises(ValueError):
             encode_cursor(after, query)
+
+
+def test_a_cursor_is_bound_to_every_part_of_its_query() -> None:
+    day = datetime(2024, 5, 1, tzinfo=UTC)
+    base = ("m:1", "text", "a red car", Filters())
+    others = [
+        ("m:2", "text", "a red car", Filters()),
+        ("m:1", "image", "a red car", Filters()),
+        ("m:1", "text", "a red cat", Filters()),
+        ("m:1", "text", "a red car", Filters(prefix="")),
+        ("m:1", "text", "a red car", Filters(prefix="a/")),
+        ("m:1", "text", "a red car", Filters(content_types=("image/png",))),
+        ("m:1", "text", "a red car", Filters(content_types=("image/png", "image/gif"))),
+        ("m:1", "text", "a red car", Filters(uploaded_after=day)),
+        ("m:1", "text", "a red car", Filters(uploaded_before=day)),
+        ("m:1", "text", "a red car", Filters(uploaded_after=day + timedelta(seconds=1))),
+        ("m:1", "text", "a red car", Filters(min_score=0.5)),
+        ("m:1", "text", "a red car", Filters(min_score=0.25)),
+        # Texts that join into the same string when the parts are not kept apart.
+        ("m:1", "text a", "red car", Filters()),
+        ("m:1", "text", "a red car", Filters(prefix="a", content_types=("b",))),
+        ("m:1", "text", "a red car", Filters(prefix="a', ('b',")),
+    ]
+    prints = [fingerprint(*query) for query in [base, *others]]
+    assert len(set(prints)) == len(prints), "two queries share a fingerprint"
+    assert all(len(fp) == 16 and set(fp) <= set("0123456789abcdef") for fp in prints)
+    # Equal queries, equal fingerprints: the next page's cursor fits.
+    assert fingerprint("m:1", "text", "a red car", Filters(min_score=0.5)) == prints[11]
+    cursor = encode_cursor(After(0.25, 7), prints[0])
+    for other in prints[1:]:
+        with pytest.raises(InvalidParameter, match="another query"):
+            decode_cursor(cursor, other)
 
 
 # --- filters and paging through the pipeline -------------------------------------------------------
