@@ -15,12 +15,15 @@ sized), then runs the same queries through
   autocommit search pool, strategy ``auto``);
 - ``Searcher.text``: the whole pipeline the HTTP handler calls (validation, cursor, results), with a
   provider that returns the precomputed vector, so only the embedding call is left out, and an
-  embedding cache that keeps nothing, so every query passes through the provider's checks as a new one;
+  embedding cache that keeps nothing, so every query passes through the provider's checks as a new one,
+  and without read links (``url`` None), as the targets were set;
 
 interleaved query by query (rotating which goes first) so drift in the machine's speed hits all alike,
 and at the default settings TARGET_ROUNDS times over the queries, for a p95 that holds between runs.
-At the default settings a fifth path, ``raw pgvector, again`` (the same statement on a connection of
-its own), is the control: its ratio to raw pgvector is what measuring alone moves a ratio by.
+At the default settings two more paths: ``raw pgvector, again`` (the same statement on a connection of
+its own), the control, whose ratio to raw pgvector is what measuring alone moves a ratio by; and
+``Searcher.text, read links``, each result with its signed read link as the HTTP answer has it (one
+per result here: the loaded rows have no thumbnails, whose links would make two).
 Recall@k is measured against an exact numpy ranking. Then k = 100 (the API's maximum), the filtered
 queries (name prefix or content type matching 10 % and 1 % of rows: rows returned, recall against the
 exact filtered ranking, latency, the strategy chosen, and near the exact-scan threshold each strategy
@@ -47,6 +50,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from azure.storage.blob import BlobServiceClient
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
@@ -62,6 +66,8 @@ from bench.common import (
     table,
     write_json,
 )
+from scripts.services import AZURITE_ACCOUNT, AZURITE_KEY
+from shared.blobs import ImageBlobs
 from shared.catalogue import image_id
 from shared.db import make_pool
 from shared.embeddings import Vector
@@ -75,6 +81,11 @@ from shared.vectorsearch import SearchFilters
 
 MODEL = "azure-vision:2023-04-15"
 CONTAINER = "images"
+# Read links are signed with this account's key; the endpoint is never called.
+LINKS_CONNECTION = (
+    f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+    f"BlobEndpoint=http://127.0.0.1:10000/{AZURITE_ACCOUNT};"
+)
 K = 10
 K_MAX = 100  # the API's largest k
 DEFAULTS = Settings({})
@@ -252,10 +263,13 @@ class Bench:
     def texts(self) -> dict[str, Vector]:
         return {f"benchmark query {q}": self.queries[q] for q in range(self.nq)}
 
-    def searcher(self, store: Store) -> Searcher:
+    def searcher(self, store: Store, *, links: bool = False) -> Searcher:
+        """``links``: each result with its read link, as the HTTP answer has them, signed with an account
+        key (Azurite's well-known one: signing is local, nothing is sent)."""
         provider = Precomputed(MODEL, self.texts())
         no_cache = EmbeddingCache(max_entries=0)  # every query as a new one: the provider's answer checked
-        return Searcher(store, FixedModel(self.model, provider), container=CONTAINER, cache=no_cache)
+        blobs = ImageBlobs(BlobServiceClient.from_connection_string(LINKS_CONNECTION), CONTAINER) if links else None
+        return Searcher(store, FixedModel(self.model, provider), blobs=blobs, container=CONTAINER, cache=no_cache)
 
     def warm(self) -> None:
         """Read the index and heap pages once, unmeasured, so the first path measured pays no cold cache:
@@ -323,11 +337,13 @@ class Bench:
 
         return Path("Store.search" if strategy == "auto" else f"Store.search, {strategy} forced", run, k)
 
-    def searcher_path(self, store: Store, k: int = K, filters: Filters | None = None) -> Path:
-        searcher = self.searcher(store)
+    def searcher_path(self, store: Store, k: int = K, filters: Filters | None = None, *, links: bool = False) -> Path:
+        searcher = self.searcher(store, links=links)
         options = Options(k=k, filters=filters or Filters())
         return Path(
-            "Searcher.text", lambda q: [r.id for r in searcher.text(f"benchmark query {q}", options).results], k
+            "Searcher.text, read links" if links else "Searcher.text",
+            lambda q: [r.id for r in searcher.text(f"benchmark query {q}", options).results],
+            k,
         )
 
 
@@ -527,7 +543,7 @@ def unfiltered(b: Bench) -> list[dict[str, Any]]:
         b.set_ef(used)
         paths = [b.raw_path(), b.rerank_path(), b.store_path(store), b.searcher_path(store)]
         if ef is None:
-            paths.append(b.raw_path(again=True))
+            paths += [b.raw_path(again=True), b.searcher_path(store, links=True)]
         measure(paths, b.exact, b.nq, TARGET_ROUNDS if ef is None and not b.quick else 1)
         label = f"{used} (default: {DEFAULT_EF or 'auto'})" if ef is None else used
         rows += [row(label, p, None if i == 0 else paths[0], None if i < 2 else paths[1]) for i, p in enumerate(paths)]
@@ -715,6 +731,8 @@ def targets(first: dict[str, Any]) -> dict[str, Any]:
         "p95_x_rerank": default["vs_rerank"]["Searcher.text"]["p95_ratio"],
         "store_p95_x_raw": default["Store.search"]["p95_ratio"],
         "store_p95_x_raw_interval": default["Store.search"]["p95_ratio_interval"],
+        "with_links_p95_x_raw": default["Searcher.text, read links"]["p95_ratio"],
+        "with_links_p95_x_raw_interval": default["Searcher.text, read links"]["p95_ratio_interval"],
         "control_p95_x_raw": default["raw pgvector, again"]["p95_ratio"],
         "control_p95_x_raw_interval": default["raw pgvector, again"]["p95_ratio_interval"],
         "p95_met": project["p95_ratio"] <= TARGETS["p95_ratio"],
@@ -772,6 +790,12 @@ def report(result: dict[str, Any]) -> None:
             "Store.search p95 / raw pgvector p95 (95 % interval by resampling)",
             "",
             _with_interval(t["store_p95_x_raw"], t["store_p95_x_raw_interval"]),
+            None,
+        ],
+        [
+            "Searcher.text with each result's read link (the HTTP answer's) p95 / raw pgvector p95",
+            "",
+            _with_interval(t["with_links_p95_x_raw"], t["with_links_p95_x_raw_interval"]),
             None,
         ],
         [
