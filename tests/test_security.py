@@ -155,6 +155,33 @@ def test_a_thumbnail_link_reads_the_thumbnail_only(runtime: Runtime, two_blobs: 
     tally.add("sas_misuses_refused")
 
 
+AWKWARD_NAMES = (
+    "a b/c d.png",
+    "ünïcödé/日本語 写真.png",
+    "odd/100% #1?.png",
+    "~tilde/+plus&and=eq;semi,comma@at.png",
+    "quote'and\"double/(round)[square].png",
+    "trailing space .png",
+)
+
+
+def test_read_links_to_awkward_names_are_the_blob_clients_urls_and_read_the_blob(runtime: Runtime) -> None:
+    """The link's URL is written without building a BlobClient: it must be the one the SDK writes, and
+    Storage must read the blob through it (its signature covers the name as Storage decodes it)."""
+    blobs = runtime.blobs
+    assert blobs.thumbnails is not None
+    for name in AWKWARD_NAMES:
+        data = name.encode()
+        blobs.upload(name, data, "image/png")
+        blobs.thumbnails.upload_blob(name, b"thumb:" + data, overwrite=True)
+        url, _ = blobs.read_link(name, 5)
+        thumb, _ = blobs.read_link(name, 5, thumbnail=True)
+        assert url.split("?", 1)[0] == blobs.container.get_blob_client(name).url
+        assert thumb.split("?", 1)[0] == blobs.thumbnails.get_blob_client(name).url
+        assert requests.get(url, timeout=10).content == data, name
+        assert requests.get(thumb, timeout=10).content == b"thumb:" + data, name
+
+
 # --- secrets never reach a log -------------------------------------------------------------------------
 
 VISION_KEY = "vk-7f3a9c1e5b2d4086FAKEVISIONKEY"
