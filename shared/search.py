@@ -577,11 +577,13 @@ class Searcher:
             raise ImageNotFound(f"no image has the id {image_id}")
         return row
 
-    def read_link(self, name: str, *, thumbnail: bool = False) -> tuple[str | None, datetime | None]:
+    def read_link(
+        self, name: str, *, thumbnail: bool = False, now: datetime | None = None
+    ) -> tuple[str | None, datetime | None]:
         """A read-only link to one blob (or its thumbnail) and when it expires (None, None without storage)."""
         if self.blobs is None:
             return None, None
-        return self.blobs.read_link(name, self.read_link_minutes, thumbnail=thumbnail)
+        return self.blobs.read_link(name, self.read_link_minutes, thumbnail=thumbnail, now=now)
 
     # --- internals -------------------------------------------------------------------------------
     def provider(self, model: Model) -> EmbeddingProvider:
@@ -635,10 +637,11 @@ class Searcher:
             strategy=self.strategy,
         )
         hits = found.hits[: options.k]
+        now = datetime.now(UTC) if self.blobs is not None else None  # one answer's links expire together
         results = []
         for hit in hits:
-            url, _ = self.read_link(hit.name)
-            thumb = self.read_link(hit.name, thumbnail=True)[0] if hit.thumbnail else None
+            url, _ = self.read_link(hit.name, now=now)
+            thumb = self.read_link(hit.name, thumbnail=True, now=now)[0] if hit.thumbnail else None
             score = 1.0 - hit.distance
             score = min(1.0, max(-1.0, score)) if math.isfinite(score) else -1.0
             results.append(

@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import re
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import psycopg
@@ -25,6 +27,8 @@ from pgvector import Vector as PgVector
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
+import shared.blobs
+import shared.search
 from shared.catalogue import ImageRecord, image_id
 from shared.db import SearchConnection, make_pool, search_cursor
 from shared.errors import InvalidImage, InvalidInput, ProviderUnavailable
@@ -108,6 +112,27 @@ def test_text_query_ranks_by_cosine_similarity_and_links_each_image(
     assert first.url is not None and f"/{runtime.settings.images_container}/{first.name}?" in first.url
     assert "sig=" in first.url and "sp=r" in first.url
     assert (first.width, first.height, first.content_type) == (32, 24, "image/png")
+
+
+def test_every_link_of_one_answer_expires_at_the_same_moment(
+    catalogue: Catalogue, searcher: Searcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(4):
+        catalogue.add(f"red/{i}.png", "red", seed=i)
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    ticks = itertools.count()
+
+    class Ticking(datetime):  # a clock a second further on at every reading
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return start + timedelta(seconds=next(ticks))
+
+    monkeypatch.setattr(shared.search, "datetime", Ticking)
+    monkeypatch.setattr(shared.blobs, "datetime", Ticking)
+    page = searcher.text("a red car", Options(k=4))
+    links = [r.url for r in page.results] + [r.thumbnail_url for r in page.results if r.thumbnail_url]
+    expiries = {parse_qs(urlsplit(str(link)).query)["se"][0] for link in links}
+    assert len(links) >= 4 and len(expiries) == 1, expiries
 
 
 def test_image_query_finds_images_that_look_alike(catalogue: Catalogue, searcher: Searcher) -> None:
