@@ -66,7 +66,7 @@ from bench.common import (
     table,
     write_json,
 )
-from scripts.services import AZURITE_ACCOUNT, AZURITE_KEY
+from scripts.services import Azurite
 from shared.blobs import ImageBlobs
 from shared.catalogue import image_id
 from shared.db import make_pool
@@ -81,11 +81,8 @@ from shared.vectorsearch import SearchFilters
 
 MODEL = "azure-vision:2023-04-15"
 CONTAINER = "images"
-# Read links are signed with this account's key; the endpoint is never called.
-LINKS_CONNECTION = (
-    f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-    f"BlobEndpoint=http://127.0.0.1:10000/{AZURITE_ACCOUNT};"
-)
+# Read links are signed with Azurite's account key; no Azurite runs and the endpoint is never called.
+LINKS_CONNECTION = Azurite(None, 10000, 10001, 10002).connection_string
 K = 10
 K_MAX = 100  # the API's largest k
 DEFAULTS = Settings({})

@@ -95,8 +95,14 @@ class ImageBlobs:
         # Where read links point: each container's URL as the SDK writes a blob's (scheme, host, the
         # container's name quoted), without a query. With a BlobClient built per link only for its url, a
         # link took 98 us p50, without 28 (2 cores), and a search signs one or two links per result.
-        self._link_base = _url_without_query(self.container.url)
-        self._thumbnail_link_base = _url_without_query(self.thumbnails.url) if self.thumbnails is not None else None
+        # By thumbnail or not: the container's name and that URL (no thumbnails container: the image's).
+        images = (container, _url_without_query(self.container.url))
+        thumbs = (
+            (thumbnails, _url_without_query(self.thumbnails.url))
+            if thumbnails and self.thumbnails is not None
+            else images
+        )
+        self._link_targets: dict[bool, tuple[str, str]] = {False: images, True: thumbs}
         self._delegation_key: UserDelegationKey | None = None
         self._delegation_expiry: datetime | None = None
         self._lock = threading.Lock()
@@ -239,10 +245,7 @@ class ImageBlobs:
         now = now or datetime.now(UTC)
         start = now - timedelta(minutes=5)  # tolerate clock skew between us and Storage
         expiry = now + timedelta(minutes=minutes)
-        if thumbnail and self.thumbnails is not None and self._thumbnail_link_base is not None:
-            container_name, base = str(self.thumbnails.container_name), self._thumbnail_link_base
-        else:
-            container_name, base = self.container_name, self._link_base
+        container_name, base = self._link_targets[thumbnail]
         account = str(self.service.account_name)
         key = getattr(self.service.credential, "account_key", None)
         if key:
