@@ -376,13 +376,18 @@ class Bench:
         return Path("Store.search" if strategy == "auto" else f"Store.search, {strategy} forced", run, k)
 
     def searcher_path(self, store: Store, k: int = K, filters: Filters | None = None, *, links: bool = False) -> Path:
+        """``links``: every link signed anew (the links of the last few minutes forgotten before each
+        answer), as for images no answer named within the window a link is reused for."""
         searcher = self.searcher(store, links=links)
         options = Options(k=k, filters=filters or Filters())
-        return Path(
-            "Searcher.text, read links" if links else "Searcher.text",
-            lambda q: [r.id for r in searcher.text(f"benchmark query {q}", options).results],
-            k,
-        )
+        blobs = searcher.blobs
+
+        def run(q: int) -> list[int]:
+            if blobs is not None:
+                blobs.forget_links()
+            return [r.id for r in searcher.text(f"benchmark query {q}", options).results]
+
+        return Path("Searcher.text, read links" if links else "Searcher.text", run, k)
 
 
 def _approx(model: Model, placeholder: str = "%s", column: str = "embedding") -> sql.Composed:

@@ -135,6 +135,43 @@ def test_every_link_of_one_answer_expires_at_the_same_moment(
     assert len(links) >= 4 and len(expiries) == 1, expiries
 
 
+def test_answers_within_a_window_give_the_same_links_and_a_later_one_new_links(
+    catalogue: Catalogue, searcher: Searcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A browser keeps an image it showed when the next answer names it again: links are reused for a
+    fifth of their lifetime (3 minutes of 15), and never outlive it."""
+    for i in range(3):
+        catalogue.add(f"red/{i}.png", "red", seed=i)
+    clock = [datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)]
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return clock[0]
+
+    monkeypatch.setattr(shared.search, "datetime", Clock)
+    minutes = searcher.read_link_minutes
+
+    def links() -> dict[str, str]:
+        page = searcher.text("a red car", Options(k=3))
+        return {r.name: str(r.url) for r in page.results}
+
+    def expiry(url: str) -> datetime:
+        return datetime.fromisoformat(parse_qs(urlsplit(url).query)["se"][0].replace("Z", "+00:00"))
+
+    first = links()
+    clock[0] += timedelta(minutes=2)  # 12:02:30, the window 12:00-12:03
+    assert links() == first
+    clock[0] += timedelta(minutes=1)  # 12:03:30, the next window
+    later = links()
+    assert later.keys() == first.keys() and all(later[n] != first[n] for n in first)
+    assert {expiry(u) for u in first.values()} == {datetime(2026, 1, 1, 12, minutes, tzinfo=UTC)}
+    assert {expiry(u) for u in later.values()} == {datetime(2026, 1, 1, 12, 3 + minutes, tzinfo=UTC)}
+    # Handed out at 12:03:30, a link is valid for four fifths of its lifetime at least, never longer.
+    for url in later.values():
+        assert timedelta(minutes=minutes * 4 / 5) < expiry(url) - clock[0] <= timedelta(minutes=minutes)
+
+
 def test_image_query_finds_images_that_look_alike(catalogue: Catalogue, searcher: Searcher) -> None:
     for i in range(3):
         catalogue.add(f"green/{i}.png", "green", seed=i)

@@ -109,7 +109,8 @@ def on_other_resource(url: str, path: str) -> str:
 
 def test_a_read_link_reads_its_blob_and_nothing_else(runtime: Runtime, two_blobs: dict[str, bytes]) -> None:
     url, expiry = runtime.blobs.read_link("private/a.png", 15)
-    assert timedelta(minutes=14) < expiry - datetime.now(UTC) <= timedelta(minutes=15)
+    # Reused within a window of 3 minutes: valid for 12 to 15 minutes from now, never longer.
+    assert timedelta(minutes=12) < expiry - datetime.now(UTC) <= timedelta(minutes=15)
     sas = parse_qs(urlsplit(url).query)
     assert sas["sp"] == ["r"], "read permission only"
     got = requests.get(url, timeout=10)
@@ -143,6 +144,25 @@ def test_read_links_expire(runtime: Runtime, two_blobs: dict[str, bytes]) -> Non
     fresh, _ = runtime.blobs.read_link("private/a.png", 1)
     assert requests.get(fresh, timeout=10).status_code == 200
     tally.add("sas_misuses_refused")
+
+
+def test_a_link_reused_within_its_window_reads_the_blob_and_the_next_window_signs_a_new_one(
+    runtime: Runtime, two_blobs: dict[str, bytes]
+) -> None:
+    blobs = runtime.blobs
+    opened = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    opened -= timedelta(seconds=int(opened.timestamp()) % 60)  # a window of a 5-minute link opens each minute
+    first, expiry = blobs.read_link("private/a.png", 5, now=opened + timedelta(seconds=1))
+    again, same_expiry = blobs.read_link("private/a.png", 5, now=opened + timedelta(seconds=59))
+    other, _ = blobs.read_link("private/b.png", 5, now=opened + timedelta(seconds=59))
+    thumb, _ = blobs.read_link("private/a.png", 5, now=opened + timedelta(seconds=59), thumbnail=True)
+    assert again == first and same_expiry == expiry == opened + timedelta(minutes=5)
+    assert len({first, other, thumb}) == 3
+    nxt, later = blobs.read_link("private/a.png", 5, now=opened + timedelta(seconds=60))
+    assert nxt != first and later == expiry + timedelta(minutes=1)
+    for url in (first, nxt):
+        assert requests.get(url, timeout=10).content == two_blobs["private/a.png"]
+    assert requests.get(other, timeout=10).content == two_blobs["private/b.png"]
 
 
 def test_a_thumbnail_link_reads_the_thumbnail_only(runtime: Runtime, two_blobs: dict[str, bytes]) -> None:
