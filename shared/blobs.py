@@ -287,9 +287,9 @@ class ImageBlobs:
         # One key serves many links; fetch a new one when it would expire before the link does.
         with self._lock:
             if self._delegation_key is None or self._delegation_expiry is None or self._delegation_expiry < expiry:
-                # At least as long as the link (READ_LINK_MINUTES may be up to a day; Storage signs keys
-                # for up to 7 days): a shorter key would end the link early, and be fetched for every link.
-                key_expiry = max(now + timedelta(hours=6), expiry)
+                # 6 hours longer than the link: it serves the links of the next 6 hours, and never ends a
+                # link early (READ_LINK_MINUTES may be a day; Storage gives keys of up to 7 days).
+                key_expiry = expiry + timedelta(hours=6)
                 with _storage_errors("getting a user delegation key (needs Storage Blob Delegator)"):
                     self._delegation_key = self.links_service.get_user_delegation_key(
                         now - timedelta(minutes=5), key_expiry

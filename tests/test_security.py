@@ -14,6 +14,7 @@ and known vulnerabilities in the runtime requirements.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import shutil
@@ -28,9 +29,11 @@ import azure.functions as func
 import psycopg
 import pytest
 import requests
+from azure.storage.blob import BlobServiceClient, UserDelegationKey
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from shared.blobs import ImageBlobs
 from shared.db import connect
 from shared.errors import AppError, ProviderMisconfigured, ProviderUnavailable
 from shared.runtime import Runtime, build_runtime, set_runtime
@@ -40,6 +43,7 @@ from tests.badfiles import Tally
 from tests.conftest import prepare
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
+from tests.test_cli import FakeCredential
 from tests.test_ingest import as_host_delivers, upload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +167,42 @@ def test_a_link_reused_within_its_window_reads_the_blob_and_the_next_window_sign
     for url in (first, nxt):
         assert requests.get(url, timeout=10).content == two_blobs["private/a.png"]
     assert requests.get(other, timeout=10).content == two_blobs["private/b.png"]
+
+
+class RecordingDelegation:
+    """Storage's side of user delegation keys, for signing without a network: the keys it gave out."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[datetime, datetime]] = []
+
+    def get_user_delegation_key(self, start: datetime, expiry: datetime) -> UserDelegationKey:
+        self.keys.append((start, expiry))
+        key = UserDelegationKey()
+        key.signed_oid, key.signed_tid = "00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"
+        key.signed_start, key.signed_expiry = start.isoformat(), expiry.isoformat()
+        key.signed_service, key.signed_version = "b", "2025-01-05"
+        key.value = base64.b64encode(b"k" * 32).decode()
+        return key
+
+
+def test_a_user_delegation_key_outlives_every_link_it_signs_and_serves_many() -> None:
+    """With a managed identity a link is signed with a user delegation key, fetched from Storage while a
+    search waits: one key must serve the links of many answers, and last as long as each of them
+    (READ_LINK_MINUTES may be a day; a key that ends first would end the link early)."""
+    service = BlobServiceClient("https://account.blob.core.windows.net", credential=FakeCredential())
+    delegation = RecordingDelegation()
+    blobs = ImageBlobs(service, "images", "thumbnails", links_service=delegation)  # type: ignore[arg-type]
+    now = datetime(2026, 1, 1, 12, 0, 10, tzinfo=UTC)
+    links = [
+        blobs.read_link(name, 24 * 60, now=now + timedelta(minutes=m), thumbnail=thumb)
+        for m in (0, 1, 100, 300)  # 4.8-hour windows: the first three in one (09:36-14:24), the last in the next
+        for name in ("a.jpg", "b/c.png")
+        for thumb in (False, True)
+    ]
+    assert len(delegation.keys) == 1
+    key_start, key_expiry = delegation.keys[0]
+    assert key_start <= now and all(expiry <= key_expiry for _, expiry in links)
+    assert all(parse_qs(urlsplit(url).query)["skoid"] for url, _ in links)
 
 
 def test_a_thumbnail_link_reads_the_thumbnail_only(runtime: Runtime, two_blobs: dict[str, bytes]) -> None:
