@@ -249,7 +249,8 @@ class ImageBlobs:
         within one window (a fifth of its lifetime: 3 minutes of 15) is the same link, expiring the
         lifetime after the window opened. So a browser that showed an image keeps it in its cache when a
         later answer names it again (paging back, a refined query), and a search signs each link once per
-        window instead of once per answer (28 us p50 a link, 2 cores; the same link again about 1)."""
+        window instead of once per answer (100,000 vectors, 2 cores: ten links signed anew added 0.33 ms
+        to a 0.77 ms p50 search, the same ten signed before 0.05 ms)."""
         now = now or datetime.now(UTC)
         window = max(1, minutes * 60 // LINK_WINDOWS)
         opened = int(now.timestamp()) // window * window
