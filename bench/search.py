@@ -24,7 +24,8 @@ At the default settings two more paths: ``raw pgvector, the store's connection``
 statement on the search pool's own connection (the server backend that ``Store.search`` and
 ``Searcher.text`` run on), between their searches and with the session settings the store gave it; and
 ``Searcher.text, read links``, each result with its signed read link as the HTTP answer has it (one
-per result here: the loaded rows have no thumbnails, whose links would make two). The second raw path
+per result here: the loaded rows have no thumbnails, whose links would make two), every link signed
+anew (a worker reuses a link for a few minutes: forgotten before each answer, the worst case). The second raw path
 is the control: its ratio to raw pgvector is what measuring alone moves a ratio by (the same statement,
 another backend), and the project's paths are measured against it too, which takes the backend's part
 out of their ratio.
