@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 _lock = threading.Lock()
+
+# How many times the host delivers a blob whose invocation fails before it goes to the poison queue.
+POISON_BLOB_THRESHOLD: int = json.loads((Path(__file__).parents[1] / "host.json").read_text())["extensions"]["blobs"][
+    "poisonBlobThreshold"
+]
 
 
 @cache
@@ -27,7 +34,6 @@ def handler(name: str) -> Any:
 
 
 def bindings(name: str) -> list[dict[str, Any]]:
-    import json
 
     return [json.loads(b) if isinstance(b, str) else b for b in registered()[name].get_raw_bindings()]
 
@@ -36,7 +42,6 @@ def blob_trigger_client(connection_string: str, container: str, name: str) -> An
     """The ``BlobClient`` the Python worker hands ``index_image``: built by the SDK-type binding's own
     converter from the model binding data the host sends (the connection setting's name, the container
     and the blob), with the ``ImagesStorage`` setting in the environment as on a real worker."""
-    import json
     import os
     from types import SimpleNamespace
 

@@ -9,26 +9,21 @@ requirement) and bench/storm.py (the figures, beside the same searches with no i
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 
 from shared.errors import ProviderUnavailable
 from shared.runtime import Runtime
-from tests.appfns import blob_trigger_client, handler
+from tests.appfns import POISON_BLOB_THRESHOLD, blob_trigger_client, handler
 from tests.fake_vision import FakeVision
 from tests.imagegen import image_bytes
 
-POISON_BLOB_THRESHOLD: int = json.loads((Path(__file__).parents[1] / "host.json").read_text())["extensions"]["blobs"][
-    "poisonBlobThreshold"
-]
 COLOURS = ("red", "green", "blue", "yellow", "black", "white")
 TEXTS = ("a red car", "something green", "a blue sky at noon", "yellow flowers")
 

@@ -40,7 +40,7 @@ from shared.ingest import reconcile
 from shared.runtime import Runtime, build_runtime, set_runtime
 from shared.settings import Settings, get_settings
 from shared.store import Store
-from tests.appfns import handler
+from tests.appfns import POISON_BLOB_THRESHOLD, handler
 from tests.badfiles import CORPUS, BadFile, Tally
 from tests.conftest import make_settings, prepare
 from tests.fake_vision import FakeVision
@@ -454,7 +454,7 @@ def test_a_service_storm_across_many_deliveries_loses_nothing(
     tries: dict[str, int] = {}
 
     def host(name: str) -> None:
-        for attempt in range(1, 6):  # poisonBlobThreshold: 5
+        for attempt in range(1, POISON_BLOB_THRESHOLD + 1):
             tries[name] = attempt
             try:
                 handler("index_image")(as_host_delivers(rt, name))

@@ -119,7 +119,10 @@ def test_every_link_of_one_answer_expires_at_the_same_moment(
 ) -> None:
     for i in range(4):
         catalogue.add(f"red/{i}.png", "red", seed=i)
-    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    # Two seconds before a link window closes (links are reused within a fifth of their lifetime), so
+    # links signed at different readings of this clock would fall in two windows, with two expiries.
+    window = timedelta(minutes=searcher.read_link_minutes / 5)
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC) + window - timedelta(seconds=2)
     ticks = itertools.count()
 
     class Ticking(datetime):  # a clock a second further on at every reading
@@ -142,7 +145,10 @@ def test_answers_within_a_window_give_the_same_links_and_a_later_one_new_links(
     fifth of their lifetime (3 minutes of 15), and never outlive it."""
     for i in range(3):
         catalogue.add(f"red/{i}.png", "red", seed=i)
-    clock = [datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)]
+    minutes = searcher.read_link_minutes
+    window = timedelta(minutes=minutes / 5)  # 3 minutes of 15
+    opened = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)  # a window opens here (a multiple of any window's length)
+    clock = [opened + window / 6]
 
     class Clock(datetime):
         @classmethod
@@ -150,7 +156,6 @@ def test_answers_within_a_window_give_the_same_links_and_a_later_one_new_links(
             return clock[0]
 
     monkeypatch.setattr(shared.search, "datetime", Clock)
-    minutes = searcher.read_link_minutes
 
     def links() -> dict[str, str]:
         page = searcher.text("a red car", Options(k=3))
@@ -160,14 +165,14 @@ def test_answers_within_a_window_give_the_same_links_and_a_later_one_new_links(
         return datetime.fromisoformat(parse_qs(urlsplit(url).query)["se"][0].replace("Z", "+00:00"))
 
     first = links()
-    clock[0] += timedelta(minutes=2)  # 12:02:30, the window 12:00-12:03
+    clock[0] = opened + window * 5 / 6  # later in the same window
     assert links() == first
-    clock[0] += timedelta(minutes=1)  # 12:03:30, the next window
+    clock[0] = opened + window * 7 / 6  # in the next one
     later = links()
     assert later.keys() == first.keys() and all(later[n] != first[n] for n in first)
-    assert {expiry(u) for u in first.values()} == {datetime(2026, 1, 1, 12, minutes, tzinfo=UTC)}
-    assert {expiry(u) for u in later.values()} == {datetime(2026, 1, 1, 12, 3 + minutes, tzinfo=UTC)}
-    # Handed out at 12:03:30, a link is valid for four fifths of its lifetime at least, never longer.
+    assert {expiry(u) for u in first.values()} == {opened + timedelta(minutes=minutes)}
+    assert {expiry(u) for u in later.values()} == {opened + window + timedelta(minutes=minutes)}
+    # Handed out late in its window, a link is valid for four fifths of its lifetime at least, never longer.
     for url in later.values():
         assert timedelta(minutes=minutes * 4 / 5) < expiry(url) - clock[0] <= timedelta(minutes=minutes)
 
